@@ -1,0 +1,66 @@
+"""Environment registry: ``make(name, **overrides)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from typing import Any, Callable
+
+from envs_jax.core import Environment
+
+# name -> (module:class, default overrides). Modules are imported lazily so that
+# ``import envs_jax`` stays cheap.
+_REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def register(name: str, target: str, **defaults: Any) -> None:
+  """Registers ``name`` as ``"module:Class"`` built with ``defaults``."""
+  if name in _REGISTRY:
+    raise ValueError(f"environment {name!r} is already registered")
+  _REGISTRY[name] = (target, dict(defaults))
+
+
+def registered() -> tuple[str, ...]:
+  """All registered environment names, sorted."""
+  return tuple(sorted(_REGISTRY))
+
+
+def _resolve(target: str) -> Callable[..., Environment]:
+  module, cls = target.split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def make(name: str, **overrides: Any) -> Environment:
+  """Builds a registered environment, with its static fields overridden.
+
+  Raises:
+    ValueError: unknown ``name`` or override key; the message lists the valid
+      choices (and the closest match).
+  """
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, _REGISTRY, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown environment {name!r}.{hint} "
+                     f"Registered environments: {', '.join(registered())}.")
+  target, defaults = _REGISTRY[name]
+  cls = _resolve(target)
+  fields = {f.name for f in dataclasses.fields(cls) if f.init}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(
+        f"Unknown override(s) {unknown} for environment {name!r}. "
+        f"Valid keys: {', '.join(sorted(fields))}.")
+  env = cls(**{**defaults, **overrides})
+  return env
+
+
+register("sokoban", "envs_jax.sokoban:Sokoban")
+register("sokoban-hard", "envs_jax.sokoban:Sokoban", num_boxes=3)
+register("sokoban-8x8", "envs_jax.sokoban:Sokoban", height=8, width=8, num_boxes=3)
+register("minesweeper", "envs_jax.minesweeper:MineSweeper")
+register("minesweeper-hard", "envs_jax.minesweeper:MineSweeper", num_mines=5)
+register("minesweeper-8x8", "envs_jax.minesweeper:MineSweeper", height=8, width=8,
+         num_mines=8)
+register("minesweeper-4x4", "envs_jax.minesweeper:MineSweeper", height=4, width=4,
+         num_mines=2)

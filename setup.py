@@ -1,0 +1,43 @@
+"""lamer-jax: JAX-native meta-RL for LLM agents."""
+
+from setuptools import find_packages, setup
+
+# Ranges tested together: jax 0.10.2 (CPU, Python 3.11) and jax 0.11.x (CUDA,
+# Python 3.12). jax/flax move fast: widen only after running the suite.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.12",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "chex>=0.1.90,<0.2",
+    "numpy>=1.26,<3",
+    "einops>=0.8,<0.9",
+    "absl-py>=2.1,<3",
+    "ml-collections>=1.0,<2",
+    "transformers>=5.0,<6",
+    "tokenizers>=0.21,<0.24",
+    "safetensors>=0.5,<0.9",
+    "gguf>=0.17,<0.20",
+    "tqdm>=4.66,<5",
+    "matplotlib>=3.8,<4",
+]
+
+EXTRAS = {
+    # torch is the parity oracle for the model tests and the generation benchmark.
+    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch>=2.4,<2.14",
+             "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
+    "dev": ["tensorboardX>=2.6,<3", "ruff>=0.6"],
+}
+
+setup(
+    name="lamer-jax",
+    version="0.1.0",
+    description="JAX-native functional meta-RL (LaMer, SAC-GLAM, ORBIT) for LLM agents",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["envs_jax*", "lamer_jax*", "experiments*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
