@@ -1,0 +1,130 @@
+"""Evaluation metrics of trials: pass@k, per-attempt success, regret.
+
+A trial is N attempts at one task that stops at its first success, so
+``pass@k`` (solved within the first k attempts) is LaMer's headline metric and
+the per-attempt success rates show whether later attempts improve on earlier
+ones. ``in_context_regret`` is ORBIT's cumulative regret over episodes.
+Attempt numbers in metric names are 1-based (``success/attempt_1`` is the first
+attempt), like the k of ``pass@k``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+  """num / den as f32, 0 where den == 0."""
+  num = jnp.asarray(num, jnp.float32)
+  den = jnp.asarray(den, jnp.float32)
+  return jnp.where(den > 0, num / jnp.maximum(den, 1.0), 0.0)
+
+
+def trial_metrics(won: jax.Array, attempt_valid: jax.Array,
+                  rewards: jax.Array, turn_valid: jax.Array,
+                  invalid: jax.Array,
+                  tokens_per_turn: jax.Array | None = None
+                  ) -> dict[str, jax.Array]:
+  """Success and behaviour statistics of a batch of trials (jittable).
+
+  Args:
+    won: bool[R, N], the attempt ended in success.
+    attempt_valid: bool[R, N], the attempt ran.
+    rewards: f32[R, N, T], reward of each turn.
+    turn_valid: bool[R, N, T], the turn was played.
+    invalid: bool[R, N, T], the turn's action was invalid / had no effect.
+    tokens_per_turn: f32[R, N, T], generated tokens of each turn (optional).
+
+  Returns:
+    Dict of f32 scalars:
+      ``pass@k`` (k = 1..N): fraction of trials solved within the first k
+        attempts.
+      ``success/attempt_k``: fraction of all trials whose attempt k ran and
+        won.
+      ``success_given_run/attempt_k``: the same among trials whose attempt k
+        ran (0 when no trial reached attempt k).
+      ``return/mean``: mean over trials of the summed rewards of all attempts
+        (undiscounted, env units).
+      ``invalid_rate``: fraction of played turns with an invalid action.
+      ``turns/mean``: mean number of played turns per attempt that ran.
+      ``attempts/mean``: mean number of attempts that ran per trial.
+      ``tokens_per_turn``: mean generated tokens per played turn (if given).
+  """
+  chex.assert_rank([won, attempt_valid, rewards], [2, 2, 3])
+  chex.assert_equal_shape([won, attempt_valid])
+  chex.assert_equal_shape([rewards, turn_valid, invalid])
+  chex.assert_equal_shape_prefix([won, rewards], 2)
+  attempts = won.shape[1]
+  turn_valid = turn_valid & attempt_valid[..., None]
+  success = won & attempt_valid
+  solved_by = jnp.cumsum(success, axis=1) > 0     # [R, N]
+  metrics = {}
+  for k in range(attempts):
+    metrics[f"pass@{k + 1}"] = solved_by[:, k].mean(dtype=jnp.float32)
+  for k in range(attempts):
+    metrics[f"success/attempt_{k + 1}"] = success[:, k].mean(
+        dtype=jnp.float32)
+    metrics[f"success_given_run/attempt_{k + 1}"] = _ratio(
+        success[:, k].sum(), attempt_valid[:, k].sum())
+  total = jnp.where(turn_valid, rewards, 0.0).sum(axis=(1, 2))
+  metrics["return/mean"] = total.mean(dtype=jnp.float32)
+  played = turn_valid.sum()
+  metrics["invalid_rate"] = _ratio((invalid & turn_valid).sum(), played)
+  metrics["turns/mean"] = _ratio(played, attempt_valid.sum())
+  metrics["attempts/mean"] = attempt_valid.sum(1).mean(dtype=jnp.float32)
+  if tokens_per_turn is not None:
+    chex.assert_equal_shape([tokens_per_turn, rewards])
+    metrics["tokens_per_turn"] = _ratio(
+        jnp.where(turn_valid, tokens_per_turn, 0.0).sum(), played)
+  return metrics
+
+
+def format_table(metrics: dict[str, object]) -> str:
+  """Markdown table of pass@k and per-attempt success (host side).
+
+  Args:
+    metrics: a dict as returned by ``trial_metrics`` (arrays or floats).
+
+  Returns:
+    One row per attempt k with columns ``pass@k``, ``success/attempt_k`` and
+    ``success_given_run/attempt_k``, as percentages with one decimal.
+  """
+  ks = sorted(int(m.group(1)) for key in metrics
+              if (m := re.fullmatch(r"pass@(\d+)", key)))
+  if not ks:
+    raise ValueError("metrics hold no pass@k entry")
+
+  def cell(key):
+    if key not in metrics:
+      return "-"
+    return f"{100.0 * float(np.asarray(metrics[key])):.1f}"
+
+  lines = ["| k | pass@k | success/attempt_k | success_given_run/attempt_k |",
+           "|---|---|---|---|"]
+  for k in ks:
+    lines.append(f"| {k} | {cell(f'pass@{k}')} | "
+                 f"{cell(f'success/attempt_{k}')} | "
+                 f"{cell(f'success_given_run/attempt_{k}')} |")
+  return "\n".join(lines)
+
+
+def in_context_regret(episode_returns: jax.Array,
+                      optimal_return: float | jax.Array) -> jax.Array:
+  """ORBIT's in-context regret of each trial: ``E * J* - sum_e G(e)``.
+
+  Args:
+    episode_returns: f32[R, E], return of each of the E episodes of a trial.
+    optimal_return: J*, the best achievable return of one episode.
+
+  Returns:
+    f32[R] regret (same units as the returns).
+  """
+  chex.assert_rank(episode_returns, 2)
+  episodes = episode_returns.shape[1]
+  g = episode_returns.astype(jnp.float32)
+  return episodes * jnp.asarray(optimal_return, jnp.float32) - g.sum(-1)
