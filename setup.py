@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is the parity oracle for the model tests and the generation benchmark.
-    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch>=2.4,<2.14",
+    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch>=2.4,<2.14", "accelerate>=1.0,<2",
              "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
     "dev": ["tensorboardX>=2.6,<3", "ruff>=0.6"],
 }

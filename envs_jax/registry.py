@@ -64,3 +64,4 @@ register("minesweeper-8x8", "envs_jax.minesweeper:MineSweeper", height=8, width=
          num_mines=8)
 register("minesweeper-4x4", "envs_jax.minesweeper:MineSweeper", height=4, width=4,
          num_mines=2)
+register("guess", "envs_jax.guess:GuessNumber")
