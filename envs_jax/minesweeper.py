@@ -1,0 +1,400 @@
+"""MineSweeper as in LaMer: a random first click, then left clicks only.
+
+The board is ``height x width`` with ``num_mines`` hidden mines. ``reset`` draws
+a uniformly random first click, places the mines uniformly among the other
+cells (so the first click is always safe) and applies that click, cascade
+included, so every attempt starts from a partly opened board. Each turn the
+agent opens one cell, written ``"(row, col)"`` (1-indexed, row-major order of
+the action index). Opening a cell with no adjacent mine opens the whole
+8-connected region of such cells plus its numbered border (the cascade).
+
+Rewards (LaMer's values, all in ``MineSweeperParams``): clicking an opened cell
+is ineffective (-1.0, the attempt goes on); opening exactly one cell +0.5; a
+cascade that opens more than one cell +2.0; opening the last safe cell +10.0
+(replaces the reveal reward of that click; done, won); opening a mine -0.1
+(done, lost). Mines are never rendered, not even after a loss: the observation
+only ever shows what an honest player could see, and the attempt is over then.
+
+The observation text is one line per row, e.g. ``"Row 1: ? . 1 ? ? ?\\n"``.
+
+Speed: the flood fill (a ``lax.while_loop``) runs once per board, in
+``reset``, where it labels the 8-connected regions of zero cells; ``step`` then
+finds a click's cascade with one comparison and one 3x3 dilation, without a
+loop, so a batched step costs the same whatever the cascades' sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from envs_jax.core import Environment, TimeStep, hash_arrays
+
+# Cell symbols come first so that a cell's symbol id is arithmetic on its state:
+# unopened -> 0, opened with k adjacent mines -> 1 + k.
+_UNOPENED = "?"
+_CELL_SYMBOLS = (_UNOPENED, ".", "1", "2", "3", "4", "5", "6", "7", "8")
+_SPACE_ID = len(_CELL_SYMBOLS)
+_NEWLINE_ID = _SPACE_ID + 1
+_FIRST_ROW_LABEL_ID = _NEWLINE_ID + 1
+
+# Redraws of a board that the first click would already solve. Such boards are
+# a few percent of 6x6 / 3-mine draws, so 64 tries fail with probability far
+# below 1e-40; the bound only keeps the loop finite under any params.
+_MAX_BOARD_DRAWS = 64
+
+# LaMer's reward values; MineSweeperParams defaults to them.
+DEFAULT_REWARDS = {"invalid": -1.0, "reveal": 0.5, "cascade": 2.0, "win": 10.0,
+                   "mine": -0.1}
+
+
+@struct.dataclass
+class MineSweeperParams:
+  """Task-distribution knobs a sampler may vary without changing any shape.
+
+  Attributes:
+    reward_invalid: float32, clicking an already opened cell (LaMer: -1.0).
+    reward_reveal: float32, a click that opens exactly one cell (+0.5).
+    reward_cascade: float32, a click that opens more than one cell (+2.0).
+    reward_win: float32, the click that opens the last safe cell (+10.0);
+      it replaces the reveal / cascade reward of that click.
+    reward_mine: float32, clicking a mine (-0.1).
+    num_mines: int32 mines per board; clipped on device to
+      [1, height * width - 2] so that a board always needs a decision.
+  """
+
+  reward_invalid: jax.Array
+  reward_reveal: jax.Array
+  reward_cascade: jax.Array
+  reward_win: jax.Array
+  reward_mine: jax.Array
+  num_mines: jax.Array
+
+
+@struct.dataclass
+class MineSweeperState:
+  """One attempt's state (all boolean / int32 arrays are ``[H, W]``).
+
+  Attributes:
+    mines: bool[H, W], where the mines are.
+    counts: int32[H, W], mines among each cell's 8 neighbours (the cell itself
+      excluded; also defined on mine cells, where it is never shown).
+    regions: int32[H, W], for each safe cell with count 0 the label of its
+      8-connected region of such cells (the smallest row-major index in it);
+      -1 elsewhere. A function of ``mines`` only, computed once per board.
+    revealed: bool[H, W], opened cells (never a mine).
+    steps: int32 turns taken in this attempt.
+    done: bool, the attempt is over.
+    won: bool, every safe cell was opened.
+    truncated: bool, the attempt hit ``max_turns``.
+  """
+
+  mines: jax.Array
+  counts: jax.Array
+  regions: jax.Array
+  revealed: jax.Array
+  steps: jax.Array
+  done: jax.Array
+  won: jax.Array
+  truncated: jax.Array
+
+
+def _shifted_sum(x: jax.Array) -> jax.Array:
+  """int32[H, W] sum of ``x`` over each cell's 3x3 block (zero outside)."""
+  h, w = x.shape
+  p = jnp.pad(x.astype(jnp.int32), 1)
+  return sum(p[dr:dr + h, dc:dc + w] for dr in range(3) for dc in range(3))
+
+
+def _dilate(x: jax.Array) -> jax.Array:
+  """bool[H, W]: cells with some ``x`` cell in their 3x3 block."""
+  return _shifted_sum(x) > 0
+
+
+def adjacent_counts(mines: jax.Array) -> jax.Array:
+  """int32[H, W] number of mines among the 8 neighbours of each cell."""
+  return _shifted_sum(mines) - mines.astype(jnp.int32)
+
+
+def zero_regions(counts: jax.Array, mines: jax.Array) -> jax.Array:
+  """int32[H, W] labels of the 8-connected regions of zero-count safe cells.
+
+  A region's label is the smallest row-major index among its cells; cells
+  outside every region get -1. Flood fill by min-propagation: each zero cell
+  repeatedly takes the smallest label in its 3x3 block until nothing changes
+  (one pass per step of the longest path a label travels, plus a last one).
+  """
+  h, w = counts.shape
+  zero = (counts == 0) & ~mines
+  outside = jnp.int32(h * w)  # larger than every label, so min ignores it
+  init = jnp.where(zero, jnp.arange(h * w, dtype=jnp.int32).reshape(h, w),
+                   outside)
+
+  def spread(carry):
+    labels, _ = carry
+    p = jnp.pad(labels, 1, constant_values=outside)
+    block_min = functools.reduce(
+        jnp.minimum,
+        [p[dr:dr + h, dc:dc + w] for dr in range(3) for dc in range(3)])
+    new = jnp.where(zero, block_min, outside)
+    return new, jnp.any(new != labels)
+
+  labels, _ = jax.lax.while_loop(lambda c: c[1], spread,
+                                 (init, jnp.ones((), jnp.bool_)))
+  return jnp.where(zero, labels, -1)
+
+
+def cascade(regions: jax.Array, click: jax.Array) -> jax.Array:
+  """bool[H, W]: the cells that opening the safe cell ``click`` opens.
+
+  That is the cell itself and, when it has no adjacent mine, its whole region
+  of zero cells (see ``zero_regions``) plus the numbered cells bordering that
+  region. The result depends on the board only, not on what is already open.
+
+  Args:
+    regions: int32[H, W] labels from ``zero_regions``.
+    click: bool[H, W] one-hot (or all False, which opens nothing).
+  """
+  label = jnp.max(jnp.where(click, regions, -1))  # -1 unless a zero cell
+  # No mine borders a zero cell, so the dilation never reaches a mine.
+  region = (regions == label) & (label >= 0)
+  return click | _dilate(region)
+
+
+@dataclasses.dataclass(frozen=True)
+class MineSweeper(Environment):
+  """LaMer's MineSweeper (left clicks only), pure JAX.
+
+  The text fields (``instructions``) quote the static configuration and the
+  default rewards; a task sampler that varies ``MineSweeperParams`` should
+  write its own rules text if it wants the prompt to follow.
+  """
+
+  name: str = "minesweeper"
+  height: int = 6
+  width: int = 6
+  num_mines: int = 3
+  # An attempt is truncated after max_turns clicks. LaMer's scripts give the
+  # agent 7 turns per attempt (their env step cap is 15), enforced by the
+  # rollout's turn budget; 20 sits above both so the env never cuts such an
+  # attempt short, while still bounding attempts for agents without a budget
+  # (a 6x6 / 3-mine board rarely needs more than 20 deliberate clicks since
+  # the first click and cascades open most of it).
+  max_turns: int = 20
+
+  def __post_init__(self):
+    if self.height < 1 or self.width < 1:
+      raise ValueError(f"board must be at least 1x1, got "
+                       f"{self.height}x{self.width}")
+    if not 1 <= self.num_mines <= self.height * self.width - 2:
+      raise ValueError(
+          f"num_mines must be in [1, height*width-2] = "
+          f"[1, {self.height * self.width - 2}], got {self.num_mines}")
+    if self.max_turns < 1:
+      raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+
+  # ---- static description ----------------------------------------------------
+  @property
+  def symbols(self) -> tuple[str, ...]:
+    labels = tuple(f"Row {r}: " for r in range(1, self.height + 1))
+    return _CELL_SYMBOLS + (" ", "\n") + labels
+
+  @property
+  def action_strings(self) -> tuple[str, ...]:
+    return tuple(f"({r}, {c})" for r in range(1, self.height + 1)
+                 for c in range(1, self.width + 1))
+
+  @property
+  def max_symbols(self) -> int:
+    # Per row: label, W cells, W-1 separators, newline.
+    return self.height * (2 * self.width + 1)
+
+  @property
+  def default_params(self) -> MineSweeperParams:
+    f = lambda name: jnp.asarray(DEFAULT_REWARDS[name], jnp.float32)
+    return MineSweeperParams(
+        reward_invalid=f("invalid"), reward_reveal=f("reveal"),
+        reward_cascade=f("cascade"), reward_win=f("win"), reward_mine=f("mine"),
+        num_mines=jnp.asarray(self.num_mines, jnp.int32))
+
+  @property
+  def instructions(self) -> str:
+    r = DEFAULT_REWARDS
+    h, w = self.height, self.width
+    return (
+        f"You are playing Minesweeper on a {h}x{w} board that hides "
+        f"{self.num_mines} mines. One safe cell has already been opened for "
+        f"you.\n"
+        f"Board: one line per row, \"Row 1\" at the top to \"Row {h}\" at the "
+        f"bottom; columns go from 1 (left) to {w} (right). \"?\" is an "
+        f"unopened cell, \".\" an opened cell with no mine among its 8 "
+        f"neighbours, and a digit 1-8 an opened cell with that many "
+        f"neighbouring mines.\n"
+        f"Goal: open every cell without a mine, and never open a mine.\n"
+        f"Action: the cell to open, written (row, col), 1-indexed, e.g. "
+        f"(2, 3). Opening a cell with no neighbouring mine also opens the "
+        f"connected area of such cells and the numbers around it.\n"
+        f"Rewards: {r['reveal']:+g} for opening one cell, "
+        f"{r['cascade']:+g} when a click opens several, "
+        f"{r['invalid']:+g} for clicking an opened cell (nothing happens), "
+        f"{r['win']:+g} for opening the last safe cell (you win), "
+        f"{r['mine']:+g} for opening a mine (you lose). "
+        f"The game ends on a win, on a mine, or after {self.max_turns} "
+        f"actions.")
+
+  # ---- boards ----------------------------------------------------------------
+  def state_from_board(self, mines: jax.Array,
+                       revealed: jax.Array) -> MineSweeperState:
+    """A fresh attempt on a given board (jittable).
+
+    Args:
+      mines: bool[H, W].
+      revealed: bool[H, W] opened cells; must not contain a mine.
+    """
+    mines = jnp.asarray(mines, jnp.bool_)
+    revealed = jnp.asarray(revealed, jnp.bool_)
+    counts = adjacent_counts(mines)
+    false = jnp.zeros((), jnp.bool_)
+    return MineSweeperState(
+        mines=mines, counts=counts, regions=zero_regions(counts, mines),
+        revealed=revealed,
+        steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false)
+
+  def _draw_board(self, key: jax.Array, num_mines: jax.Array):
+    """A fresh state, its random first click applied; mines avoid the click."""
+    hw = self.height * self.width
+    k_click, k_mines = jax.random.split(key)
+    first = jax.random.randint(k_click, (), 0, hw)
+    # A uniformly random k-subset of the other cells: the k smallest of iid
+    # uniform scores, with the first click's score pushed above them all.
+    scores = jax.random.uniform(k_mines, (hw,)).at[first].set(2.0)
+    rank = jnp.argsort(jnp.argsort(scores))
+    mines = (rank < num_mines).reshape(self.height, self.width)
+    click = (jnp.arange(hw) == first).reshape(self.height, self.width)
+    state = self.state_from_board(mines, jnp.zeros_like(mines))
+    return state.replace(revealed=cascade(state.regions, click))
+
+  # ---- dynamics --------------------------------------------------------------
+  def reset(self, key: jax.Array, params: MineSweeperParams):
+    """Draws a board and applies the random first click.
+
+    Boards that the first click alone would solve are redrawn (an attempt
+    must need at least one decision). Rejection keeps the draw uniform over
+    the boards that remain.
+
+    Returns:
+      (MineSweeperState with [H, W] arrays, TimeStep.first()).
+    """
+    num_mines = jnp.clip(params.num_mines, 1, self.height * self.width - 2)
+
+    def cond(carry):
+      tries, state = carry
+      solved = jnp.all(state.revealed | state.mines)
+      return solved & (tries < _MAX_BOARD_DRAWS)
+
+    def body(carry):
+      tries, _ = carry
+      return tries + 1, self._draw_board(jax.random.fold_in(key, tries),
+                                         num_mines)
+
+    first = self._draw_board(jax.random.fold_in(key, 0), num_mines)
+    _, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), first))
+    return state, TimeStep.first()
+
+  def step(self, state: MineSweeperState, action: jax.Array,
+           params: MineSweeperParams):
+    """Opens the cell ``action`` (int32 in [0, H*W), row-major).
+
+    An out-of-range index counts as an ineffective click. Stepping a finished
+    attempt returns it unchanged, with zero reward and its final flags.
+
+    Returns:
+      (next state, TimeStep) with float32 reward and bool flags.
+    """
+    h, w = self.height, self.width
+    action = jnp.asarray(action, jnp.int32)
+    in_range = (action >= 0) & (action < h * w)
+    click = (jnp.arange(h * w) == action).reshape(h, w)  # empty if out of range
+
+    effective = in_range & ~jnp.any(click & state.revealed)
+    lost = effective & jnp.any(click & state.mines)
+    opens = effective & ~lost
+    revealed = jnp.where(
+        opens, state.revealed | cascade(state.regions, click),
+        state.revealed)
+    num_opened = jnp.sum(revealed) - jnp.sum(state.revealed)
+    won = opens & jnp.all(revealed | state.mines)
+    steps = state.steps + 1
+    truncated = ~(won | lost) & (steps >= self.max_turns)
+    done = won | lost | truncated
+
+    reward = jnp.select(
+        [~effective, lost, won, num_opened > 1],
+        [params.reward_invalid, params.reward_mine, params.reward_win,
+         params.reward_cascade],
+        params.reward_reveal).astype(jnp.float32)
+
+    live_state = state.replace(revealed=revealed, steps=steps, done=done,
+                               won=won, truncated=truncated)
+    live_ts = TimeStep(reward=reward, done=done, won=won, truncated=truncated,
+                       invalid=~effective, steps=steps)
+    over_ts = TimeStep(reward=jnp.zeros((), jnp.float32), done=state.done,
+                       won=state.won, truncated=state.truncated,
+                       invalid=jnp.zeros((), jnp.bool_), steps=state.steps)
+    pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(state.done, x, y),
+                                     a, b)
+    return pick(state, live_state), pick(over_ts, live_ts)
+
+  # ---- views -----------------------------------------------------------------
+  def render_symbols(self, state: MineSweeperState,
+                     params: MineSweeperParams) -> jax.Array:
+    """int32[H * (2W + 1)] symbol ids: ``"Row r: c c ... c\\n"`` per row.
+
+    Every rendering has exactly ``max_symbols`` symbols, so there is no -1
+    padding in practice.
+    """
+    h, w = self.height, self.width
+    cells = jnp.where(state.revealed, 1 + state.counts, 0).astype(jnp.int32)
+    spaces = jnp.full((h, w), _SPACE_ID, jnp.int32)
+    # Interleave cells and separators, then drop the separator after the last
+    # cell: [c, ' ', c, ' ', ..., c].
+    body = jnp.stack([cells, spaces], axis=-1).reshape(h, 2 * w)[:, :-1]
+    labels = (_FIRST_ROW_LABEL_ID + jnp.arange(h, dtype=jnp.int32))[:, None]
+    newlines = jnp.full((h, 1), _NEWLINE_ID, jnp.int32)
+    return jnp.concatenate([labels, body, newlines], axis=1).reshape(-1)
+
+  def render_text(self, state: MineSweeperState,
+                  params: MineSweeperParams) -> str:
+    """Host-side rendering, built from the arrays without the symbol table."""
+    revealed = np.asarray(jax.device_get(state.revealed))
+    counts = np.asarray(jax.device_get(state.counts))
+    lines = []
+    for r in range(self.height):
+      cells = []
+      for c in range(self.width):
+        if not revealed[r, c]:
+          cells.append("?")
+        elif counts[r, c] == 0:
+          cells.append(".")
+        else:
+          cells.append(str(int(counts[r, c])))
+      lines.append(f"Row {r + 1}: " + " ".join(cells) + "\n")
+    return "".join(lines)
+
+  def action_mask(self, state: MineSweeperState,
+                  params: MineSweeperParams) -> jax.Array:
+    """bool[H * W]: unopened cells (the only clicks with an effect)."""
+    return ~state.revealed.reshape(-1)
+
+  def state_key(self, state: MineSweeperState) -> jax.Array:
+    """uint32 hash of the opened-cell mask.
+
+    Within one task (fixed mines) the mask determines the observation, which
+    is what GiGPO groups by.
+    """
+    return hash_arrays(state.revealed)
