@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from envs_jax.core import Environment
+from lamer_jax import sharding
 from lamer_jax.models import llama, sampling
 from lamer_jax.prompts import ContextLayout
 
@@ -167,7 +168,8 @@ def _memory_chunk(layout: ContextLayout, attempt, memory_refl, memory_refl_mask,
 
 def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
             env: Environment, mcfg: llama.ModelConfig, layout: ContextLayout,
-            cfg: RolloutConfig, task_seeds: jax.Array | None = None) -> Trajectory:
+            cfg: RolloutConfig, task_seeds: jax.Array | None = None,
+            mesh: jax.sharding.Mesh | None = None) -> Trajectory:
   """Plays B tasks x G trials x N attempts x T turns. Pure and jittable.
 
   ``env``, ``mcfg``, ``layout`` and ``cfg`` are static (close over them or mark
@@ -180,6 +182,8 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
     env_params: the environment's parameters.
     task_seeds: optional int32[B]: task b is the level generated from seed
       ``task_seeds[b]``, so train and held-out task sets can be disjoint.
+    mesh: optional device mesh (``lamer_jax.sharding``): the R rows are split
+      over its ("data", "fsdp") axes. None: no sharding constraint at all.
   """
   rows, n_att, n_turns = cfg.num_rows, layout.num_attempts, layout.num_turns
   codec = layout.codec
@@ -202,12 +206,19 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
   init_state, _ = jax.vmap(env.reset, in_axes=(0, None))(task_keys, env_params)
   render = jax.vmap(lambda s: codec.encode(env.render_symbols(s, env_params)))
   init_obs = render(init_state)
+  # [sharding] rows split over the mesh's data axes; the per-row state the
+  # attempt and turn loops carry inherits this layout (no-op without a mesh).
+  init_state, init_obs = sharding.constrain_rows((init_state, init_obs), mesh)
 
   def attempt_fn(carry, inputs):
+    # [sharding] keep the memory carried across attempts split by rows.
+    carry = sharding.constrain_rows(carry, mesh)
     over, mem_r, mem_rm, mem_h, mem_hm, mem_v = carry
     attempt, akey = inputs
     attempt_on = ~over                                           # [R]
-    ctx = _Ctx(cache=llama.init_cache(mcfg, rows, layout.context_len),
+    cache = llama.init_cache(mcfg, rows, layout.context_len)
+    cache = sharding.constrain_kv_cache(cache, mesh)  # [sharding] no-op w/o mesh
+    ctx = _Ctx(cache=cache,
                last_logits=jnp.zeros((rows, vocab), jnp.float32),
                next_pos=jnp.zeros((rows,), jnp.int32))
     p_tok, p_mask = _memory_chunk(layout, attempt, mem_r, mem_rm, mem_h, mem_hm,

@@ -22,7 +22,7 @@ import optax
 from flax import struct
 
 from envs_jax.core import Environment
-from lamer_jax import evaluation, losses, returns
+from lamer_jax import evaluation, losses, returns, sharding
 from lamer_jax.models import llama, sampling
 from lamer_jax.prompts import ContextLayout
 from lamer_jax.rollout import RolloutConfig, Trajectory, rollout
@@ -170,8 +170,14 @@ def trajectory_metrics(traj: Trajectory) -> dict[str, jax.Array]:
 def make_train_step(env: Environment, mcfg: llama.ModelConfig,
                     layout: ContextLayout, rollout_cfg: RolloutConfig,
                     algo: AlgoConfig, env_params: Any = None,
-                    jit: bool = True) -> Callable[[TrainState], tuple[TrainState, dict]]:
-  """Builds ``train_step(state) -> (state, metrics)``: one whole LaMer iteration."""
+                    jit: bool = True, mesh: jax.sharding.Mesh | None = None,
+                    ) -> Callable[[TrainState], tuple[TrainState, dict]]:
+  """Builds ``train_step(state) -> (state, metrics)``: one whole LaMer iteration.
+
+  ``mesh`` (optional, see ``lamer_jax.sharding.make_sharded_train_step``)
+  splits the rollout rows and the training minibatches over the mesh's data
+  axes; None leaves the step exactly as on one device.
+  """
   env_params = env.default_params if env_params is None else env_params
   opt = make_optimizer(algo)
   rows = rollout_cfg.num_rows * layout.num_attempts
@@ -201,7 +207,7 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
     key, k_task, k_roll, k_perm = jax.random.split(state.key, 4)
     seeds = task_seeds(k_task, rollout_cfg.num_tasks)
     traj = rollout(state.params, k_roll, env_params, env=env, mcfg=mcfg,
-                   layout=layout, cfg=rollout_cfg, task_seeds=seeds)
+                   layout=layout, cfg=rollout_cfg, task_seeds=seeds, mesh=mesh)
     adv = returns.lamer_advantages(
         traj.rewards, traj.turn_valid, traj.attempt_valid, traj.state_keys,
         group_size=rollout_cfg.group_size, gamma_step=algo.gamma_step,
@@ -218,6 +224,7 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
         "logp_old": flat(traj.logp_old)[:, slots],
         "advantages": flat(tok_adv)[:, slots],
     }
+    data = sharding.constrain_rows(data, mesh)  # [sharding] no-op without mesh
 
     def epoch(carry, ekey):
       params, opt_state = carry
@@ -227,6 +234,9 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
       def minibatch(carry, idx):
         params, opt_state = carry
         mb = jax.tree.map(lambda x: x[idx], data)
+        # [sharding] each device runs forward/backward on its share of the
+        # minibatch; the compiler all-reduces the gradients. No-op without mesh.
+        mb = sharding.constrain_rows(mb, mesh)
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, state.ref_params, mb)
         updates, opt_state = opt.update(grads, opt_state, params)
