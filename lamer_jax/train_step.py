@@ -241,7 +241,7 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
             params, state.ref_params, mb)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return (params, opt_state), metrics
 
       return jax.lax.scan(minibatch, (params, opt_state), perm)

@@ -1,0 +1,371 @@
+"""From an ml_collections config to the library's objects.
+
+    config = lamer_sokoban.get_config()
+    exp = build(config)          # validates first, then loads the model
+    state = init_state(exp)
+    state, metrics = exp.train_step(state)
+    eval_metrics = evaluate(exp, state.params, step=1)
+
+``validate`` runs before anything is loaded or compiled: an unknown key or an
+invalid value raises a ``ValueError`` that names the valid choices.
+
+Methods (``config.method``):
+  * ``lamer``: trains and evaluates trials of ``rollout.num_attempts`` attempts
+    with ``rollout.memory``;
+  * ``rl``: single-episode RL; trains one attempt per trial without memory
+    (the config must say ``num_attempts=1``, ``memory="none"``) and evaluates
+    ``eval.num_attempts`` independent attempts;
+  * ``zero_shot``: no training; evaluates independent attempts (memory none);
+  * ``reflexion``: no training; evaluates with ``reflection_only`` memory,
+    the frozen model writing the reflections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as py_logging
+import os
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+import envs_jax
+from envs_jax.core import Environment
+from experiments.configs import base
+from lamer_jax import losses, prompts, returns
+from lamer_jax.models import loading
+from lamer_jax.rollout import RolloutConfig
+from lamer_jax.train_step import (AlgoConfig, TrainState, eval_seeds,
+                                  init_train_state, make_eval_fn, make_train_step)
+
+METHODS = base.METHODS
+CHECKPOINT_DIR = "checkpoints"   # under a run's workdir
+TRAINING_METHODS = ("lamer", "rl")
+DTYPES = ("float32", "bfloat16", "float16")
+EVAL_TASKS_ACCELERATOR = 128   # LaMer's validation set size
+EVAL_TASKS_CPU = 16
+# Keys whose children are free-form (checked against the game instead).
+_FREE_FORM = ("env.overrides", "env.params")
+# Independent PRNG streams derived from train.seed.
+_STREAM_TRAIN, _STREAM_MODEL, _STREAM_EVAL = 0, 1, 2
+
+
+# ---- validation ---------------------------------------------------------------
+def _check_keys(config: Any, schema: ml_collections.ConfigDict, path: str = "") -> None:
+  """Raises ValueError for keys missing from, or unknown to, the schema."""
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    raise ValueError(f"config entry {path or 'config'!r} must be a group of keys, "
+                     f"got {type(config).__name__}")
+  keys, valid = set(config.keys()), set(schema.keys())
+  where = f"under {path!r}" if path else "at the top level"
+  for k in sorted(keys - valid):
+    raise ValueError(f"unknown config key {path + '.' if path else ''}{k}: valid "
+                     f"keys {where} are {sorted(valid)}")
+  for k in sorted(valid - keys):
+    raise ValueError(f"config key {path + '.' if path else ''}{k} is missing "
+                     f"(keys {where}: {sorted(valid)})")
+  for k in sorted(valid):
+    sub = f"{path}.{k}" if path else k
+    if isinstance(schema[k], ml_collections.ConfigDict) and sub not in _FREE_FORM:
+      _check_keys(config[k], schema[k], sub)
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def _positive(config: ml_collections.ConfigDict, *names: str, allow_zero=False,
+              optional=False) -> None:
+  for name in names:
+    value = config
+    for part in name.split("."):
+      value = value[part]
+    if value is None and optional:
+      continue
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (
+        value >= 0 if allow_zero else value >= 1)
+    if not ok:
+      bound = ">= 0" if allow_zero else ">= 1"
+      raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+def make_env(config: ml_collections.ConfigDict) -> Environment:
+  """The configured game (registry errors name the valid choices)."""
+  _choice("env.name", config.env.name, envs_jax.registered())
+  return envs_jax.make(config.env.name, **dict(config.env.overrides))
+
+
+def env_params(env: Environment, overrides: dict[str, Any]) -> Any:
+  """``env.default_params`` with fields replaced, in their original dtypes."""
+  params = env.default_params
+  fields = [f.name for f in dataclasses.fields(params)]
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown env.params key(s) {unknown} for {env.name!r}; "
+                     f"valid keys are {fields}")
+  return params.replace(**{
+      k: jax.numpy.asarray(v, dtype=jax.numpy.asarray(getattr(params, k)).dtype)
+      for k, v in overrides.items()})
+
+
+def num_turns(config: ml_collections.ConfigDict, env: Environment) -> int:
+  """Turns per attempt: ``rollout.num_turns``, by default the game's limit."""
+  return config.rollout.num_turns or int(env.max_turns)
+
+
+def eval_num_tasks(config: ml_collections.ConfigDict) -> int:
+  """Held-out tasks: ``eval.num_tasks``, by default 128 (16 on a CPU)."""
+  if config.eval.num_tasks is not None:
+    return config.eval.num_tasks
+  return EVAL_TASKS_CPU if jax.default_backend() == "cpu" else EVAL_TASKS_ACCELERATOR
+
+
+def eval_memory(config: ml_collections.ConfigDict) -> str:
+  """The memory mode evaluation runs with, by method."""
+  return {"lamer": config.rollout.memory, "rl": "none", "zero_shot": "none",
+          "reflexion": "reflection_only"}[config.method]
+
+
+def validate(config: ml_collections.ConfigDict) -> Environment:
+  """Checks every key and value of ``config``; returns the game it names.
+
+  Loads nothing and compiles nothing.
+
+  Raises:
+    ValueError: an unknown or missing key, or an invalid value; the message
+      names the key and the valid choices.
+  """
+  _check_keys(config, base.get_config())
+  _choice("method", config.method, METHODS)
+  env = make_env(config)
+  env_params(env, dict(config.env.params))
+  name = config.model.name
+  if name not in loading.valid_names() and not os.path.exists(os.path.expanduser(name)):
+    raise ValueError(f"model.name={name!r} is not valid; choose one of "
+                     f"{loading.valid_names()} or give a local checkpoint path")
+  _choice("model.dtype", config.model.dtype, DTYPES)
+  _choice("rollout.memory", config.rollout.memory, prompts.MEMORY_MODES)
+  _choice("algo.estimator", config.algo.estimator, returns.ESTIMATORS)
+  _choice("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS)
+  _positive(config, "rollout.num_tasks", "rollout.group_size", "rollout.num_attempts",
+            "rollout.reflection_tokens", "eval.num_attempts", "algo.ppo_epochs",
+            "algo.num_minibatches", "train.log_every", "train.keep_checkpoints")
+  _positive(config, "rollout.num_turns", "eval.num_tasks", optional=True)
+  _positive(config, "rollout.top_k", "eval.top_k", "train.steps", "train.seed",
+            "train.eval_every", "train.checkpoint_every", "algo.warmup_steps",
+            allow_zero=True)
+  limit = getattr(env, "max_turns", None)
+  if config.rollout.num_turns is None and limit is None:
+    raise ValueError(f"{env.name} has no max_turns: set rollout.num_turns")
+  if config.rollout.num_turns and limit and config.rollout.num_turns > limit:
+    raise ValueError(f"rollout.num_turns={config.rollout.num_turns} exceeds "
+                     f"{env.name}'s max_turns={limit}; raise it with "
+                     "env.overrides.max_turns or lower rollout.num_turns")
+  for group in ("rollout", "eval"):
+    if not config[group].temperature > 0:
+      raise ValueError(f"{group}.temperature must be > 0, got "
+                       f"{config[group].temperature}")
+    if not 0 < config[group].top_p <= 1:
+      raise ValueError(f"{group}.top_p must be in (0, 1], got {config[group].top_p}")
+  algo = config.algo
+  for name in ("gamma_step", "gamma_traj"):
+    if not 0 <= algo[name] <= 1:
+      raise ValueError(f"algo.{name} must be in [0, 1], got {algo[name]}")
+  if algo.lr <= 0 or algo.clip_eps <= 0 or algo.grad_clip <= 0:
+    raise ValueError("algo.lr, algo.clip_eps and algo.grad_clip must be > 0, got "
+                     f"{algo.lr}, {algo.clip_eps}, {algo.grad_clip}")
+  if algo.dual_clip is not None and algo.dual_clip <= 1:
+    raise ValueError(f"algo.dual_clip must be > 1 (or None), got {algo.dual_clip}")
+  if config.method in TRAINING_METHODS:
+    if config.rollout.group_size < 2:
+      raise ValueError("rollout.group_size must be >= 2 for training: advantages "
+                       "compare the trials of a task's group")
+    rows = (config.rollout.num_tasks * config.rollout.group_size
+            * config.rollout.num_attempts)
+    if rows % algo.num_minibatches:
+      raise ValueError(
+          f"rollout.num_tasks x group_size x num_attempts = {rows} attempt rows do "
+          f"not split into algo.num_minibatches={algo.num_minibatches}; choose a "
+          f"divisor of {rows}")
+  elif config.train.steps:
+    raise ValueError(f"method {config.method!r} does not train: set train.steps=0 "
+                     f"(training methods are {list(TRAINING_METHODS)})")
+  if config.method == "rl" and (config.rollout.num_attempts != 1
+                                or config.rollout.memory != "none"):
+    raise ValueError("method 'rl' trains single episodes: set rollout.num_attempts=1"
+                     " and rollout.memory='none' (and rollout.group_size to G x N "
+                     "for LaMer's sample budget)")
+  return env
+
+
+def config_from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A locked config with the base schema and ``values`` (e.g. from JSON)."""
+  _check_keys(values, base.get_config())
+  config = base.get_config()
+
+  def assign(target, src, path):
+    for k, v in src.items():
+      if f"{path}{k}" in _FREE_FORM:
+        with target[k].unlocked():
+          for kk, vv in v.items():
+            target[k][kk] = vv
+      elif isinstance(v, dict):
+        assign(target[k], v, f"{path}{k}.")
+      else:
+        target[k] = v
+
+  assign(config, values, "")
+  return config
+
+
+# ---- building -----------------------------------------------------------------
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs, built from a validated config.
+
+  Attributes:
+    train_layout, train_rollout, train_step: None for methods that do not
+      train; ``train_step(state) -> (state, metrics)`` is jitted.
+    eval_fn: jitted ``(params, key, seeds) -> metrics``.
+    eval_seeds: int32[eval tasks], the fixed held-out task seeds.
+  """
+
+  config: ml_collections.ConfigDict
+  env: Environment
+  env_params: Any
+  model: loading.LoadedModel
+  algo: AlgoConfig
+  train_layout: prompts.ContextLayout | None
+  train_rollout: RolloutConfig | None
+  train_step: Callable[[TrainState], tuple[TrainState, dict]] | None
+  eval_layout: prompts.ContextLayout
+  eval_rollout: RolloutConfig
+  eval_fn: Callable[..., dict]
+  eval_seeds: jax.Array
+
+  @property
+  def trains(self) -> bool:
+    return self.train_step is not None
+
+
+def seed_key(config: ml_collections.ConfigDict, stream: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(config.train.seed), stream)
+
+
+def eval_key(config: ml_collections.ConfigDict, step: int) -> jax.Array:
+  """The sampling key of the evaluation after ``step`` train steps: a pure
+  function of the seed and the step, so resumed runs evaluate identically."""
+  return jax.random.fold_in(seed_key(config, _STREAM_EVAL), step)
+
+
+def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
+  """Validates ``config``, loads the model and builds layouts and functions.
+
+  Nothing is compiled here: the jitted functions compile on first call.
+  """
+  env = validate(config)
+  params = env_params(env, dict(config.env.params))
+  model = loading.load(config.model.name, dtype=config.model.dtype,
+                       key=seed_key(config, _STREAM_MODEL))
+  mcfg = model.cfg.replace(remat=config.model.remat)
+  model = dataclasses.replace(model, cfg=mcfg)
+  turns = num_turns(config, env)
+
+  def layout(attempts: int, memory: str) -> prompts.ContextLayout:
+    lay = prompts.build_layout(model.tokenizer, env, num_attempts=attempts,
+                               num_turns=turns, memory=memory,
+                               reflection_tokens=config.rollout.reflection_tokens)
+    if lay.context_len > mcfg.max_position:
+      raise ValueError(f"an attempt's context ({lay.describe()}) exceeds the "
+                       f"model's {mcfg.max_position} positions; lower "
+                       "rollout.num_turns or rollout.reflection_tokens")
+    return lay
+
+  algo = AlgoConfig(**config.algo.to_dict())
+  train_layout = train_rollout = train_step = None
+  if config.method in TRAINING_METHODS:
+    train_layout = layout(config.rollout.num_attempts, config.rollout.memory)
+    train_rollout = RolloutConfig(
+        num_tasks=config.rollout.num_tasks, group_size=config.rollout.group_size,
+        temperature=config.rollout.temperature, top_k=config.rollout.top_k,
+        top_p=config.rollout.top_p)
+    train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
+                                 env_params=params, jit=jit)
+  memory = eval_memory(config)
+  if (train_layout is not None and train_layout.memory == memory
+      and train_layout.num_attempts == config.eval.num_attempts):
+    eval_layout = train_layout
+  else:
+    eval_layout = layout(config.eval.num_attempts, memory)
+  tasks = eval_num_tasks(config)
+  eval_rollout = RolloutConfig(num_tasks=tasks, group_size=1,
+                               temperature=config.eval.temperature,
+                               top_k=config.eval.top_k, top_p=config.eval.top_p)
+  eval_fn = make_eval_fn(env, mcfg, eval_layout, eval_rollout, env_params=params)
+  return Experiment(config=config, env=env, env_params=params, model=model,
+                    algo=algo, train_layout=train_layout,
+                    train_rollout=train_rollout, train_step=train_step,
+                    eval_layout=eval_layout, eval_rollout=eval_rollout,
+                    eval_fn=eval_fn, eval_seeds=eval_seeds(tasks))
+
+
+def init_state(exp: Experiment) -> TrainState:
+  """The train state at step 0: a copy of the model's parameters (the train
+  step donates its state, which must not delete ``exp.model.params``) and a
+  fresh optimiser state."""
+  params = jax.tree.map(jax.numpy.copy, exp.model.params)
+  state = init_train_state(params, exp.algo, seed_key(exp.config, _STREAM_TRAIN))
+  # Committed to a device like a restored checkpoint's arrays, so that a
+  # resumed run hits the same compiled train step instead of recompiling.
+  return jax.device_put(state, jax.devices()[0])
+
+
+def abstract_state(exp: Experiment) -> TrainState:
+  """Shapes and dtypes of ``init_state(exp)``, computing nothing."""
+  return jax.eval_shape(lambda: init_state(exp))
+
+
+def to_host(metrics: dict[str, Any]) -> dict[str, float]:
+  """Device scalars -> Python floats (exact: float32 -> float64 is lossless)."""
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def evaluate(exp: Experiment, params: Any, step: int) -> dict[str, float]:
+  """pass@k and friends on the held-out tasks, after ``step`` train steps."""
+  return to_host(exp.eval_fn(params, eval_key(exp.config, step), exp.eval_seeds))
+
+
+def describe(exp: Experiment) -> str:
+  """One paragraph about the run, for logs."""
+  c = exp.config
+  lines = [f"{c.name}: method {c.method}, env {exp.env.name}, model "
+           f"{exp.model.name} ({exp.model.cfg.dtype})"]
+  if exp.trains:
+    lines.append(f"train: {c.rollout.num_tasks} tasks x {c.rollout.group_size} "
+                 f"trials x {c.rollout.num_attempts} attempts, memory "
+                 f"{c.rollout.memory}; {exp.train_layout.describe()}")
+  lines.append(f"eval: {exp.eval_rollout.num_tasks} held-out tasks x "
+               f"{exp.eval_layout.num_attempts} attempts, memory "
+               f"{exp.eval_layout.memory}")
+  return "\n".join(lines)
+
+
+class _LibraryInfoFilter(py_logging.Filter):
+  """Drops records below WARNING that come from the named packages."""
+
+  def __init__(self, packages: tuple[str, ...]):
+    super().__init__()
+    self._parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return (record.levelno >= py_logging.WARNING
+            or not any(p in record.pathname for p in self._parts))
+
+
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
+  """Keeps absl's log to our own INFO lines: orbax logs every save step."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter(packages))

@@ -1,0 +1,1 @@
+"""ml_collections configuration files: ``get_config()`` in each."""

@@ -1,0 +1,142 @@
+"""The shared configuration: every key an experiment may set, LaMer defaults.
+
+Other configuration files start from ``get_config()`` and change values; they
+never add keys (the dict is locked, and ``experiments.common.validate``
+rejects keys this file does not define). Only ``env.overrides`` (static fields
+of the game, e.g. ``num_boxes``) and ``env.params`` (fields of its parameter
+pytree, e.g. ``step_penalty``) take free-form keys, checked against the game.
+
+Defaults are those of LaMer's released Sokoban/MineSweeper scripts (see
+``/work/shared/REFERENCES.md``): Qwen3-4B scale budgets (16 tasks x 8 trials x
+3 attempts per step, 300 steps), lr 1e-6, gamma_step 0.95, PPO clip 0.2 with
+dual clip 3.0, token-mean loss, entropy bonus 0.001, no KL, GiGPO with
+``mean_norm`` advantages, rollout temperature 1.0, and evaluation on 128
+held-out tasks at temperature 0.7, top-p 0.8, top-k 20.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+METHODS = ("lamer", "rl", "zero_shot", "reflexion")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """LaMer on Sokoban with the paper's budgets (a GPU/TPU run)."""
+  config = ml_collections.ConfigDict()
+  config.name = "lamer_sokoban"     # run label (plots, logs)
+  config.method = "lamer"           # one of METHODS
+
+  config.env = ml_collections.ConfigDict()
+  config.env.name = "sokoban"
+  config.env.overrides = ml_collections.ConfigDict()   # static game fields
+  config.env.params = ml_collections.ConfigDict()      # parameter pytree fields
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "smollm2-135m"
+  config.model.dtype = "float32"    # compute dtype; parameters stay float32
+  # Rematerialise each block in the backward pass: the loss's teacher-forced
+  # forward keeps [rows, heads, C, C] attention per layer otherwise.
+  config.model.remat = True
+
+  # Training rollouts: B tasks x G trials x N attempts x T turns.
+  config.rollout = ml_collections.ConfigDict()
+  config.rollout.num_tasks = 16
+  config.rollout.group_size = 8
+  config.rollout.num_attempts = 3
+  config.rollout.num_turns = config_dict.placeholder(int)  # None: env.max_turns
+  config.rollout.memory = "reflection_only"
+  # LaMer cuts a reflection at 2000 characters, about 512 tokens.
+  config.rollout.reflection_tokens = 512
+  config.rollout.temperature = 1.0
+  config.rollout.top_k = 0          # 0: no top-k filter
+  config.rollout.top_p = 1.0
+
+  # Every field of lamer_jax.train_step.AlgoConfig.
+  config.algo = ml_collections.ConfigDict()
+  config.algo.estimator = "gigpo"
+  config.algo.normalize_std = False   # GiGPO "mean_norm"
+  config.algo.step_weight = 1.0
+  config.algo.gamma_step = 0.95
+  config.algo.gamma_traj = 0.6
+  config.algo.clip_eps = 0.2
+  config.algo.clip_eps_high = config_dict.placeholder(float)  # None: symmetric
+  config.algo.dual_clip = 3.0         # None: no dual clip
+  config.algo.aggregation = "token-mean"
+  config.algo.entropy_coef = 0.001
+  config.algo.kl_coef = 0.0
+  config.algo.train_reflection = True
+  config.algo.lr = 1e-6
+  config.algo.warmup_steps = 0
+  config.algo.weight_decay = 0.01
+  config.algo.grad_clip = 1.0
+  config.algo.b1 = 0.9
+  config.algo.b2 = 0.999
+  config.algo.ppo_epochs = 1
+  # LaMer's PPO mini-batches hold 64 turn-samples; ours hold whole attempt
+  # rows, so 384 rows (16 x 8 x 3) of up to 7 Sokoban turns split into 48
+  # mini-batches of 8 rows (<= 56 turns) each.
+  config.algo.num_minibatches = 48
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 300
+  config.train.seed = 0
+  config.train.log_every = 1          # console log period (JSONL: every step)
+  config.train.eval_every = 25        # 0: evaluate only at the end
+  config.train.checkpoint_every = 25  # 0: checkpoint only at the end
+  config.train.keep_checkpoints = 3
+
+  # Held-out evaluation: one trial per task, eval_seeds(num_tasks).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_tasks = config_dict.placeholder(int)  # None: 128 (16 on CPU)
+  config.eval.num_attempts = 3
+  config.eval.temperature = 0.7
+  config.eval.top_p = 0.8
+  config.eval.top_k = 20
+
+  config.lock()
+  return config
+
+
+def set_env(config: ml_collections.ConfigDict, env: str) -> None:
+  """Points ``config`` at Sokoban or MineSweeper with LaMer's budgets.
+
+  Mini-batches hold about 64 turn-samples (LaMer's PPO mini-batch) of the
+  384 attempt rows of a step: 8 rows of <= 7 Sokoban turns, 3 rows of <= 20
+  MineSweeper turns.
+  """
+  if env.startswith("sokoban"):
+    config.algo.num_minibatches = 48
+  elif env.startswith("minesweeper"):
+    config.algo.num_minibatches = 128
+  else:
+    raise ValueError(f"set_env knows sokoban* and minesweeper*, got {env!r}")
+  config.env.name = env
+
+
+def as_rl(config: ml_collections.ConfigDict, estimator: str) -> None:
+  """The single-episode RL baseline with the same sampled episodes per task.
+
+  Trains on ``G * N`` independent episodes per task (8 trials x 3 attempts =
+  24, as in LaMer's GiGPO/GRPO scripts), one attempt each and no memory;
+  evaluation still gives it ``eval.num_attempts`` independent attempts.
+  """
+  attempts = config.rollout.num_attempts
+  config.method = "rl"
+  config.rollout.group_size = config.rollout.group_size * attempts
+  config.rollout.num_attempts = 1
+  config.rollout.memory = "none"
+  config.algo.estimator = estimator
+  # GRPO as usually defined divides by the group's std; GiGPO keeps LaMer's
+  # mean_norm.
+  config.algo.normalize_std = estimator == "grpo"
+
+
+def as_prompting(config: ml_collections.ConfigDict, method: str) -> None:
+  """A prompting baseline: the frozen model, evaluated only."""
+  if method not in ("zero_shot", "reflexion"):
+    raise ValueError(f"prompting methods are zero_shot and reflexion, got {method!r}")
+  config.method = method
+  config.train.steps = 0
+  config.rollout.memory = "none" if method == "zero_shot" else "reflection_only"

@@ -1,0 +1,16 @@
+"""Prompting baseline on minesweeper, evaluation only (train.steps = 0).
+
+zero-shot: N = 3 independent attempts, no memory.
+"""
+
+from __future__ import annotations
+
+from experiments.configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.name = "zero_shot_minesweeper"
+  base.set_env(config, "minesweeper")
+  base.as_prompting(config, "zero_shot")
+  return config

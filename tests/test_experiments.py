@@ -1,0 +1,312 @@
+"""Experiment entry points: config validation, resume, SIGTERM, evaluate, plot.
+
+One tiny experiment (guess-the-number, tiny-llama, 2 tasks x 2 trials x 3
+attempts) is built once per module and its compiled functions are shared by
+the in-process runs; only the SIGTERM test compiles again, in its subprocess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import common, evaluate, plot, train
+from experiments.configs import base, tiny
+from lamer_jax import checkpoint, metrics
+from lamer_jax.train_step import AlgoConfig
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "experiments" / "configs"
+# Budgets shared by the in-process runs and the SIGTERM subprocess.
+SMALL = {"rollout.num_tasks": 2, "rollout.group_size": 2, "eval.num_tasks": 4,
+         "train.eval_every": 2, "train.checkpoint_every": 2,
+         "train.keep_checkpoints": 2}
+
+
+def small_config(**changes) -> ml_collections.ConfigDict:
+  config = tiny.get_config()
+  for key, value in {**SMALL, **changes}.items():
+    group, _, name = key.rpartition(".")
+    (config[group] if group else config)[name] = value
+  return config
+
+
+def unlocked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.unlock()
+  return config
+
+
+# ---- configuration ---------------------------------------------------------
+CONFIG_FILES = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
+                      if p.stem not in ("__init__", "base"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_file_validates(name):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert config.is_locked
+  env = common.validate(config)
+  assert env.name.split("-")[0] in name or name in ("quickstart", "tiny")
+  assert config.name == name
+
+
+def test_config_values_follow_the_references():
+  def get(name):
+    return importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert set(base.get_config().algo.keys()) == {
+      f.name for f in dataclasses.fields(AlgoConfig)}
+  assert get("lamer_sokoban").algo.gamma_traj == 0.9
+  assert get("lamer_minesweeper").algo.gamma_traj == 0.6
+  lamer, gigpo, grpo = get("lamer_sokoban"), get("gigpo_sokoban"), get("grpo_sokoban")
+  budget = lambda c: c.rollout.num_tasks * c.rollout.group_size * c.rollout.num_attempts
+  assert budget(lamer) == budget(gigpo) == budget(grpo) == 16 * 24
+  assert (gigpo.method, gigpo.rollout.num_attempts, gigpo.rollout.memory,
+          gigpo.rollout.group_size, gigpo.eval.num_attempts) == ("rl", 1, "none", 24, 3)
+  assert (grpo.algo.estimator, grpo.algo.normalize_std) == ("grpo", True)
+  assert (gigpo.algo.estimator, gigpo.algo.normalize_std) == ("gigpo", False)
+  for method in ("zero_shot", "reflexion"):
+    for env in ("sokoban", "minesweeper"):
+      c = get(f"{method}_{env}")
+      assert (c.method, c.train.steps) == (method, 0)
+  assert (lamer.eval.temperature, lamer.eval.top_p, lamer.eval.top_k) == (0.7, 0.8, 20)
+  assert (lamer.algo.lr, lamer.algo.gamma_step, lamer.algo.clip_eps,
+          lamer.algo.dual_clip, lamer.algo.entropy_coef) == (1e-6, 0.95, 0.2, 3.0, 0.001)
+
+
+def test_locked_config_rejects_new_keys():
+  config = tiny.get_config()
+  with pytest.raises(AttributeError, match="steps"):
+    config.train.stepz = 3
+
+
+def test_unknown_key_raises_value_error_naming_valid_keys():
+  config = unlocked(small_config())
+  config.train.stepz = 3
+  with pytest.raises(ValueError, match=r"unknown config key train\.stepz: valid "
+                     r"keys under 'train' are \[.*'steps'"):
+    common.validate(config)
+  config = unlocked(small_config())
+  config.optimizer = ml_collections.ConfigDict({"lr": 1.0})
+  with pytest.raises(ValueError, match="unknown config key optimizer.*'algo'"):
+    common.validate(config)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("env.name", "sokobann", r"env.name='sokobann' is not valid; choose one of "
+     r"\[.*'sokoban'"),
+    ("rollout.memory", "everything", r"rollout.memory='everything' is not valid; "
+     r"choose one of \['reflection_only', 'history_only'"),
+    ("method", "ppo", r"method='ppo' is not valid; choose one of \['lamer', 'rl'"),
+    ("model.name", "gpt-5", r"model.name='gpt-5' is not valid; choose one of "
+     r"\[.*'tiny-llama'"),
+    ("algo.estimator", "gae", r"algo.estimator='gae' is not valid; choose one "
+     r"of \['grpo', 'gigpo'\]"),
+    ("rollout.num_tasks", 0, r"rollout.num_tasks must be an integer >= 1, got 0"),
+    ("eval.num_attempts", -1, r"eval.num_attempts must be an integer >= 1"),
+    ("algo.num_minibatches", 5, r"= 12 attempt rows do not split into "
+     r"algo.num_minibatches=5"),
+    ("rollout.num_turns", 3, r"exceeds guess's max_turns=1"),
+    ("rollout.top_p", 0.0, r"rollout.top_p must be in \(0, 1\]"),
+    ("algo.gamma_traj", 1.5, r"algo.gamma_traj must be in \[0, 1\]"),
+])
+def test_invalid_values_raise_value_error(key, value, message):
+  config = small_config()
+  group, _, name = key.rpartition(".")
+  (config[group] if group else config)[name] = value
+  with pytest.raises(ValueError, match=message):
+    common.validate(config)
+
+
+def test_invalid_method_combinations_and_env_keys():
+  config = small_config(method="rl")
+  with pytest.raises(ValueError, match="method 'rl' trains single episodes"):
+    common.validate(config)
+  config = small_config()
+  config.method, config.rollout.memory = "zero_shot", "none"
+  with pytest.raises(ValueError, match="does not train: set train.steps=0"):
+    common.validate(config)
+  config = small_config()
+  with config.env.overrides.unlocked():
+    config.env.overrides.num_optionz = 4
+  with pytest.raises(ValueError, match="Valid keys: .*num_options"):
+    common.validate(config)
+  config = small_config()
+  with config.env.params.unlocked():
+    config.env.params.reward_loss = 1.0
+  with pytest.raises(ValueError, match=r"valid keys are \['reward_win', "
+                     "'reward_wrong'\\]"):
+    common.validate(config)
+
+
+def test_build_translates_methods_to_layouts():
+  rl = small_config(method="rl")
+  rl.rollout.num_attempts, rl.rollout.memory = 1, "none"
+  exp = common.build(rl)
+  assert (exp.train_layout.num_attempts, exp.train_layout.memory) == (1, "none")
+  assert (exp.eval_layout.num_attempts, exp.eval_layout.memory) == (3, "none")
+  for method, memory in (("zero_shot", "none"), ("reflexion", "reflection_only")):
+    config = small_config(method=method)
+    config.train.steps = 0
+    exp = common.build(config)
+    assert not exp.trains and exp.train_step is None
+    assert (exp.eval_layout.num_attempts, exp.eval_layout.memory) == (3, memory)
+  with config.env.params.unlocked():
+    config.env.params.reward_wrong = -0.5
+  exp = common.build(config)
+  assert float(exp.env_params.reward_wrong) == -0.5
+  assert exp.env_params.reward_wrong.dtype == np.float32
+
+
+def test_config_round_trips_through_json():
+  config = small_config()
+  with config.env.overrides.unlocked():
+    config.env.overrides.num_options = 4
+  again = common.config_from_dict(json.loads(json.dumps(config.to_dict())))
+  assert again.to_dict() == config.to_dict()
+  assert again.is_locked
+
+
+# ---- training, resuming, evaluating, plotting --------------------------------
+@pytest.fixture(scope="module")
+def experiment():
+  return common.build(small_config(**{"train.steps": 4}))
+
+
+def _comparable(records):
+  """Metric records without wall-clock fields."""
+  return [{k: v for k, v in r.items()
+           if k != "time" and not k.startswith(("time/", "perf/"))} for r in records]
+
+
+@pytest.fixture(scope="module")
+def runs(experiment, tmp_path_factory):
+  """An uninterrupted 4-step run and a 2-step run resumed to 4 steps."""
+  root = tmp_path_factory.mktemp("runs")
+  whole, resumed = str(root / "whole"), str(root / "resumed")
+  t0 = time.perf_counter()
+  final, signum = train.train(small_config(**{"train.steps": 4}), whole,
+                              experiment=experiment, progress=False)
+  assert signum is None
+  train.train(small_config(**{"train.steps": 2}), resumed, experiment=experiment,
+              progress=False)
+  # As if killed after logging step 3 but before its checkpoint.
+  with open(os.path.join(resumed, metrics.JSONL_NAME), "a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": 3, "pass@1": -1.0}) + "\n")
+  final_resumed, _ = train.train(small_config(**{"train.steps": 4}), resumed,
+                                 experiment=experiment, progress=False)
+  print(f"4 + 2 + 2 tiny steps with evaluation: {time.perf_counter() - t0:.1f} s")
+  return {"whole": whole, "resumed": resumed, "final": final,
+          "final_resumed": final_resumed}
+
+
+def _restore(experiment, workdir, step=None):
+  with checkpoint.Checkpointer(os.path.join(workdir, common.CHECKPOINT_DIR)) as ckpt:
+    return ckpt.restore(common.abstract_state(experiment), step)
+
+
+def test_resumed_run_is_identical_to_uninterrupted(experiment, runs):
+  whole = _restore(experiment, runs["whole"])
+  resumed = _restore(experiment, runs["resumed"])
+  assert int(whole.step) == int(resumed.step) == 4
+  for a, b in ((whole.params, resumed.params), (whole.opt_state, resumed.opt_state)):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+  np.testing.assert_array_equal(jax.random.key_data(whole.key),
+                                jax.random.key_data(resumed.key))
+  # Training moved the parameters.
+  init = jax.tree.leaves(experiment.model.params)
+  assert not all(np.array_equal(x, y) for x, y in zip(init, jax.tree.leaves(whole.params)))
+  lines_whole = metrics.read_jsonl(os.path.join(runs["whole"], metrics.JSONL_NAME))
+  lines_resumed = metrics.read_jsonl(os.path.join(runs["resumed"], metrics.JSONL_NAME))
+  assert [r["step"] for r in lines_resumed] == [1, 2, 3, 4]
+  assert _comparable(lines_whole) == _comparable(lines_resumed)
+  assert [r["step"] for r in lines_whole if "eval/pass@3" in r] == [2, 4]
+  assert all(r["perf/tokens_per_s"] > 0 for r in lines_whole)
+  assert runs["final"] == runs["final_resumed"]
+  assert runs["final"]["pass@3"] == lines_whole[-1]["eval/pass@3"]
+  assert checkpoint.Checkpointer(
+      os.path.join(runs["whole"], common.CHECKPOINT_DIR)).all_steps() == [2, 4]
+
+
+def test_evaluate_writes_json_matching_the_logged_evaluation(experiment, runs,
+                                                             tmp_path):
+  out = tmp_path / "eval" / "report.json"
+  report = evaluate.run(None, runs["whole"], output=str(out), experiment=experiment)
+  saved = json.loads(out.read_text())
+  assert saved["metrics"] == report["metrics"]
+  assert (saved["step"], saved["name"], saved["method"], saved["num_tasks"],
+          saved["num_attempts"]) == (4, "tiny", "lamer", 4, 3)
+  logged = metrics.read_jsonl(os.path.join(runs["whole"], metrics.JSONL_NAME))[-1]
+  assert saved["metrics"] == {k[len("eval/"):]: v for k, v in logged.items()
+                              if k.startswith("eval/") and k != "time/eval_s"}
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    evaluate.run(None, str(tmp_path), experiment=experiment)
+
+
+def test_plot_writes_png(runs, tmp_path):
+  loaded = plot.load_runs([runs["whole"], runs["resumed"]])
+  assert [label for label, _ in loaded] == ["tiny (lamer) [whole]",
+                                            "tiny (lamer) [resumed]"]
+  out = plot.plot_curves(loaded, str(tmp_path / "curves.png"))
+  data = pathlib.Path(out).read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    plot.load_runs([str(tmp_path / "nothing")])
+
+
+def test_prompting_method_only_evaluates(tmp_path):
+  config = small_config(method="zero_shot")
+  config.train.steps = 0
+  results, signum = train.train(config, str(tmp_path), progress=False)
+  assert signum is None
+  lines = metrics.read_jsonl(tmp_path / metrics.JSONL_NAME)
+  assert [r["step"] for r in lines] == [0]
+  assert lines[0]["eval/pass@3"] == results["pass@3"]
+  assert results["pass@1"] <= results["pass@2"] <= results["pass@3"]
+  assert not (tmp_path / common.CHECKPOINT_DIR).exists()
+  assert json.loads((tmp_path / train.CONFIG_NAME).read_text())["method"] == "zero_shot"
+
+
+def test_sigterm_saves_a_loadable_checkpoint(experiment, tmp_path):
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "experiments.train",
+          f"--config={CONFIG_DIR / 'tiny.py'}", f"--workdir={workdir}",
+          "--progress=false", "--config.train.steps=1000",
+          "--config.train.eval_every=0", "--config.train.checkpoint_every=0"]
+  args += [f"--config.{k}={v}" for k, v in SMALL.items()
+           if k not in ("train.eval_every", "train.checkpoint_every")]
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  jsonl = workdir / metrics.JSONL_NAME
+  deadline = time.monotonic() + 300
+  try:
+    while not (jsonl.exists() and jsonl.read_text().strip()):
+      assert proc.poll() is None, proc.stderr.read()[-3000:]
+      assert time.monotonic() < deadline, "no step logged in 300 s"
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert "received SIGTERM" in err
+  with checkpoint.Checkpointer(workdir / common.CHECKPOINT_DIR) as ckpt:
+    step = ckpt.latest_step()
+    assert step is not None and step >= 1
+    state = ckpt.restore(common.abstract_state(experiment))
+  assert int(state.step) == step
+  logged = [r["step"] for r in metrics.read_jsonl(jsonl)]
+  assert logged == list(range(1, step + 1))
