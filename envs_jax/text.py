@@ -236,12 +236,17 @@ class TextCodec:
     valid = symbol_ids >= 0
     safe = jnp.where(valid, symbol_ids, 0)
     lens = jnp.where(valid, jnp.asarray(self.symbol_lengths)[safe], 0)  # [S]
-    starts = jnp.cumsum(lens) - lens
-    toks = jnp.asarray(self.symbol_tokens)[safe]                        # [S, Ls]
-    offs = jnp.arange(width)[None, :]
-    dest = jnp.where(offs < lens[:, None], starts[:, None] + offs, cap)
-    ids = jnp.full((cap,), self.pad_id, jnp.int32).at[dest].set(toks, mode="drop")
-    return TokenBuffer(ids=ids, length=jnp.sum(lens).astype(jnp.int32))
+    ends = jnp.cumsum(lens)                                             # [S]
+    total = ends[-1]
+    # Gather, not scatter (much faster on CPU): output slot j takes token
+    # j - start of the symbol whose span [start, end) holds j.
+    slot = jnp.arange(cap)
+    src = jnp.searchsorted(ends, slot, side="right")                    # [cap]
+    src = jnp.minimum(src, symbol_ids.shape[0] - 1)
+    offset = slot - (ends[src] - lens[src])
+    toks = jnp.asarray(self.symbol_tokens)[safe[src], jnp.clip(offset, 0, width - 1)]
+    ids = jnp.where(slot < total, toks, self.pad_id).astype(jnp.int32)
+    return TokenBuffer(ids=ids, length=total.astype(jnp.int32))
 
   def decode(self, buffer: TokenBuffer) -> str:
     """Host side: the text of an (unbatched) buffer."""

