@@ -1,0 +1,1 @@
+"""absl entry points: training, evaluation and benchmarks."""
