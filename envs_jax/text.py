@@ -265,9 +265,17 @@ def check_prefix_free(table_tokens: np.ndarray, table_lengths: np.ndarray,
   Constrained decoding stops when the chosen candidate is complete; a candidate
   that is a prefix of another would make that moment ambiguous.
   """
+  table_tokens = np.asarray(table_tokens)
+  table_lengths = np.asarray(table_lengths)
+  if table_tokens.ndim != 2 or table_lengths.shape != table_tokens.shape[:1]:
+    raise ValueError(f"expected a table [A, La] and lengths [A], got "
+                     f"{table_tokens.shape} and {table_lengths.shape}")
+  if np.any(table_lengths > table_tokens.shape[1]):
+    raise ValueError(f"candidate lengths must be <= {table_tokens.shape[1]}, got "
+                     f"{table_lengths.tolist()}")
   seqs = [tuple(int(t) for t in row[:n]) for row, n in zip(table_tokens, table_lengths)]
   if any(len(s) == 0 for s in seqs):
-    raise ValueError("a candidate action tokenizes to zero tokens")
+    raise ValueError("a candidate action tokenizes to zero tokens (lengths must be >= 1)")
   prefixes: dict[tuple[int, ...], int] = {}
   for i, s in enumerate(seqs):
     for k in range(1, len(s)):
@@ -281,4 +289,4 @@ def check_prefix_free(table_tokens: np.ndarray, table_lengths: np.ndarray,
           f"candidate action {a!r} is a token-prefix of {b!r}; append a "
           "terminator (e.g. '</action>' or '\\n') to every candidate")
   if len(set(seqs)) != len(seqs):
-    raise ValueError("two candidate actions have identical tokens")
+    raise ValueError("two candidate actions have identical tokens (each is a prefix of the other)")

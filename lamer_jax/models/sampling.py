@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from envs_jax.text import check_prefix_free  # re-exported: one implementation
 from lamer_jax.models import llama
 
 _NEG_INF = -jnp.inf
@@ -315,42 +316,6 @@ def generate(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
 # ----------------------------------------------------------------------------
 # Constrained decoding over a candidate-action table.
 # ----------------------------------------------------------------------------
-
-
-def check_prefix_free(table_tokens, table_lengths) -> None:
-  """Host-side check that no candidate is a prefix of (or equal to) another.
-
-  Constrained decoding ends a row's action span when no longer candidate
-  matches what was sampled; that identifies the chosen candidate uniquely only
-  if the table is prefix-free. Appending a terminator token (one that occurs in
-  no candidate text, e.g. a newline or end-of-turn token) to every candidate
-  guarantees it for distinct candidates.
-
-  Args:
-    table_tokens: int[A, La] candidate token ids, padded past each length.
-    table_lengths: int[A] lengths, 1 <= length <= La.
-
-  Raises:
-    ValueError: naming the first offending pair, or a bad length.
-  """
-  tokens = np.asarray(table_tokens)
-  lengths = np.asarray(table_lengths)
-  if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
-    raise ValueError(f"expected table [A, La] and lengths [A], got {tokens.shape} "
-                     f"and {lengths.shape}")
-  if np.any(lengths < 1) or np.any(lengths > tokens.shape[1]):
-    raise ValueError(f"lengths must be in [1, {tokens.shape[1]}], got {lengths}")
-  for a in range(tokens.shape[0]):
-    la = lengths[a]
-    # Candidates at least as long as a, whose first la tokens equal a's.
-    same = np.all(tokens[:, :la] == tokens[a, :la], axis=1) & (lengths >= la)
-    same[a] = False
-    if np.any(same):
-      other = int(np.argmax(same))
-      raise ValueError(
-          f"candidate {a} {tokens[a, :la].tolist()} is a prefix of candidate "
-          f"{other} {tokens[other, :lengths[other]].tolist()}; append a "
-          "terminator token to every candidate")
 
 
 def _allowed_tokens(alive: jax.Array, column: jax.Array, vocab: int) -> jax.Array:
