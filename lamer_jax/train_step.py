@@ -83,8 +83,10 @@ def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
 
 def init_train_state(params, algo: AlgoConfig, key: jax.Array) -> TrainState:
   opt = make_optimizer(algo)
-  return TrainState(params=params, opt_state=opt.init(params),
-                    ref_params=params if algo.kl_coef > 0 else None,
+  # A copy: the jitted step donates its state, and one buffer cannot be
+  # donated twice (as params and as ref_params).
+  ref = jax.tree.map(jnp.copy, params) if algo.kl_coef > 0 else None
+  return TrainState(params=params, opt_state=opt.init(params), ref_params=ref,
                     step=jnp.zeros((), jnp.int32), key=key)
 
 

@@ -293,4 +293,8 @@ TINY_CONFIGS: dict[str, ModelConfig] = {
     "small-llama": ModelConfig(vocab_size=259, hidden_size=128, intermediate_size=384,
                                num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
                                name="small-llama"),
+    # One block: half the cost of tiny-llama; the CPU learning test trains it.
+    "micro-llama": ModelConfig(vocab_size=259, hidden_size=64, intermediate_size=128,
+                               num_layers=1, num_heads=4, num_kv_heads=2, head_dim=16,
+                               name="micro-llama"),
 }
