@@ -88,6 +88,18 @@ class Environment(abc.ABC, Generic[State, Params]):
     """Static length S of ``render_symbols`` (the rendering is padded with -1)."""
 
   @property
+  def symbol_slots(self) -> tuple[tuple[int, ...], ...] | None:
+    """Optional: per position of ``render_symbols``, the symbol ids it can hold.
+
+    ``max_symbols`` tuples (padding, -1, is always allowed). The text codec
+    then sizes its token buffer by the longest possible rendering (a row
+    label in the label slot, a cell in a cell slot) instead of ``max_symbols``
+    times the longest symbol, which keeps every observation, and so every
+    context, several times shorter. None: any symbol may appear anywhere.
+    """
+    return None
+
+  @property
   def num_actions(self) -> int:
     return len(self.action_strings)
 

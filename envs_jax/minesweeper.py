@@ -215,6 +215,13 @@ class MineSweeper(Environment):
     return self.height * (2 * self.width + 1)
 
   @property
+  def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
+    cells = tuple(range(len(_CELL_SYMBOLS)))
+    row = lambda r: ((_FIRST_ROW_LABEL_ID + r,),
+                     *([cells, (_SPACE_ID,)] * self.width)[:-1], (_NEWLINE_ID,))
+    return tuple(slot for r in range(self.height) for slot in row(r))
+
+  @property
   def default_params(self) -> MineSweeperParams:
     f = lambda name: jnp.asarray(DEFAULT_REWARDS[name], jnp.float32)
     return MineSweeperParams(

@@ -210,6 +210,14 @@ class Sokoban(Environment):
     return self.height * (self.width + 2)
 
   @property
+  def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
+    cells = tuple(range(PLAYER_ON_TARGET + 1))
+    first_label = len(CELL_SYMBOLS)
+    return tuple(slot for r in range(self.height)
+                 for slot in ((first_label + r,), *([cells] * self.width),
+                              (NEWLINE,)))
+
+  @property
   def default_params(self) -> SokobanParams:
     f = lambda x: jnp.asarray(x, jnp.float32)
     return SokobanParams(step_penalty=f(-0.1), box_on_target=f(1.0),

@@ -144,6 +144,25 @@ def _pad_table(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarr
   return table, np.asarray([len(r) for r in rows], np.int32)
 
 
+def _capacity(lengths: np.ndarray, max_symbols: int,
+              slots: Sequence[Sequence[int]] | None) -> int:
+  """Most tokens any rendering can take: per position, the longest symbol
+  that position can hold (any symbol when ``slots`` is None)."""
+  if slots is None:
+    return max_symbols * int(lengths.max(initial=1))
+  if len(slots) != max_symbols:
+    raise ValueError(f"symbol_slots has {len(slots)} positions, renderings have "
+                     f"max_symbols={max_symbols}")
+  total = 0
+  for pos, ids in enumerate(slots):
+    bad = [i for i in ids if not 0 <= i < len(lengths)]
+    if not ids or bad:
+      raise ValueError(f"symbol_slots[{pos}] = {tuple(ids)} must name symbol ids "
+                       f"in [0, {len(lengths)})")
+    total += int(max(lengths[i] for i in ids))
+  return max(1, total)
+
+
 def pad_id_of(tokenizer) -> int:
   """The tokenizer's pad id, falling back to eos (decoder-only chat models)."""
   for attr in ("pad_token_id", "eos_token_id"):
@@ -167,6 +186,8 @@ class TextCodec:
     pad_id: the padding token id.
     max_symbols: S, length of the symbol renderings this codec encodes.
     tokenizer: the tokenizer (host side only: ``decode``).
+    max_tokens: L, capacity of ``encode``'s buffer: the longest rendering's
+      token count, bounded per position by ``symbol_slots`` when given.
   """
 
   symbol_tokens: np.ndarray
@@ -179,17 +200,30 @@ class TextCodec:
   symbols: tuple[str, ...]
   action_strings: tuple[str, ...]
   action_terminator: str = ""
+  max_tokens: int = 0
 
   @classmethod
   def from_tokenizer(cls, tokenizer, symbols: Sequence[str],
                      action_strings: Sequence[str], max_symbols: int,
-                     action_terminator: str = "") -> "TextCodec":
+                     action_terminator: str = "",
+                     symbol_slots: Sequence[Sequence[int]] | None = None
+                     ) -> "TextCodec":
     """Tokenizes every symbol and candidate action (host side, once).
+
+    Args:
+      tokenizer: a ``transformers``-style tokenizer (or ``ByteTokenizer``).
+      symbols: the strings renderings are made of.
+      action_strings: the candidate actions.
+      max_symbols: S, the length of a rendering.
+      action_terminator: appended to every candidate action.
+      symbol_slots: optional, per rendering position the symbol ids it can
+        hold (``Environment.symbol_slots``): sizes the token buffer tightly.
 
     Raises:
       ValueError: a symbol does not survive encode -> decode (the tokenizer
-        adds or drops characters, e.g. a SentencePiece prefix space), or the
-        candidate table is not prefix-free.
+        adds or drops characters, e.g. a SentencePiece prefix space), the
+        candidate table is not prefix-free, or ``symbol_slots`` does not
+        match ``max_symbols`` / ``symbols``.
     """
     sym_rows = []
     for s in symbols:
@@ -209,18 +243,15 @@ class TextCodec:
                action_lengths=act_l, pad_id=pad, max_symbols=int(max_symbols),
                tokenizer=tokenizer, symbols=tuple(symbols),
                action_strings=tuple(action_strings),
-               action_terminator=action_terminator)
+               action_terminator=action_terminator,
+               max_tokens=_capacity(sym_l, int(max_symbols), symbol_slots))
 
   @classmethod
   def for_env(cls, tokenizer, env, action_terminator: str = "") -> "TextCodec":
     """The codec of ``env``'s symbols and candidate actions."""
     return cls.from_tokenizer(tokenizer, env.symbols, env.action_strings,
-                              env.max_symbols, action_terminator)
-
-  @property
-  def max_tokens(self) -> int:
-    """L: capacity of ``encode``'s buffer (enough for any rendering)."""
-    return self.max_symbols * self.symbol_tokens.shape[1]
+                              env.max_symbols, action_terminator,
+                              symbol_slots=env.symbol_slots)
 
   @property
   def num_actions(self) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging as py_logging
 import os
+import sys
 from typing import Any, Callable
 
 from absl import logging
@@ -35,7 +36,7 @@ import numpy as np
 import envs_jax
 from envs_jax.core import Environment
 from experiments.configs import base
-from lamer_jax import losses, prompts, returns
+from lamer_jax import losses, prompts, returns, sharding
 from lamer_jax.models import loading
 from lamer_jax.rollout import RolloutConfig
 from lamer_jax.train_step import (AlgoConfig, TrainState, eval_seeds,
@@ -124,16 +125,68 @@ def eval_num_tasks(config: ml_collections.ConfigDict) -> int:
   return EVAL_TASKS_CPU if jax.default_backend() == "cpu" else EVAL_TASKS_ACCELERATOR
 
 
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+  """Held-out tasks played at once (ValueError if it does not divide them)."""
+  tasks, batch = eval_num_tasks(config), config.eval.batch_size
+  if batch is None or batch >= tasks:
+    return tasks
+  if tasks % batch:
+    raise ValueError(f"eval.batch_size={batch} does not divide eval.num_tasks="
+                     f"{tasks}; choose a divisor of {tasks}")
+  return batch
+
+
 def eval_memory(config: ml_collections.ConfigDict) -> str:
   """The memory mode evaluation runs with, by method."""
   return {"lamer": config.rollout.memory, "rl": "none", "zero_shot": "none",
           "reflexion": "reflection_only"}[config.method]
 
 
+def mesh_config(config: ml_collections.ConfigDict) -> sharding.MeshConfig:
+  """``config.mesh`` as a ``sharding.MeshConfig`` (ValueError if invalid)."""
+  sizes = {}
+  for axis in sharding.AXES:
+    value = config.mesh[axis]
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+      raise ValueError(f"mesh.{axis} must be an integer (a size, or -1 for all "
+                       f"remaining devices), got {value!r}")
+    sizes[axis] = int(value)
+  try:
+    return sharding.MeshConfig(**sizes)
+  except ValueError as e:
+    raise ValueError(f"mesh: {e}") from e
+
+
+def _validate_mesh(config: ml_collections.ConfigDict) -> None:
+  """The mesh fits the devices, and every batch splits over its row axes."""
+  cfg = mesh_config(config)
+  try:
+    data, fsdp, _ = cfg.shape(jax.device_count())
+  except ValueError as e:
+    raise ValueError(f"mesh: {e} (set --config.mesh.data/fsdp/tensor)") from e
+  shards = data * fsdp
+  if shards == 1:
+    return
+  batches = {"eval.batch_size" if config.eval.batch_size else "eval.num_tasks":
+             eval_batch_size(config)}
+  if config.method in TRAINING_METHODS:
+    rows = config.rollout.num_tasks * config.rollout.group_size
+    batches["rollout.num_tasks x group_size"] = rows
+    batches["the rows of a minibatch (num_tasks x group_size x num_attempts / "
+            "algo.num_minibatches)"] = (
+                rows * config.rollout.num_attempts // config.algo.num_minibatches)
+  for what, n in batches.items():
+    if n % shards:
+      raise ValueError(
+          f"{what} = {n} does not split over mesh.data x mesh.fsdp = {shards} "
+          f"devices; make it a multiple of {shards} or change the mesh")
+
+
 def validate(config: ml_collections.ConfigDict) -> Environment:
   """Checks every key and value of ``config``; returns the game it names.
 
-  Loads nothing and compiles nothing.
+  Loads nothing and compiles nothing (the mesh check asks JAX for the device
+  count, so a multi-host run calls ``sharding.initialize_distributed`` first).
 
   Raises:
     ValueError: an unknown or missing key, or an invalid value; the message
@@ -154,7 +207,8 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
   _positive(config, "rollout.num_tasks", "rollout.group_size", "rollout.num_attempts",
             "rollout.reflection_tokens", "eval.num_attempts", "algo.ppo_epochs",
             "algo.num_minibatches", "train.log_every", "train.keep_checkpoints")
-  _positive(config, "rollout.num_turns", "eval.num_tasks", optional=True)
+  _positive(config, "rollout.num_turns", "eval.num_tasks", "eval.batch_size",
+            optional=True)
   _positive(config, "rollout.top_k", "eval.top_k", "train.steps", "train.seed",
             "train.eval_every", "train.checkpoint_every", "algo.warmup_steps",
             allow_zero=True)
@@ -199,7 +253,53 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
     raise ValueError("method 'rl' trains single episodes: set rollout.num_attempts=1"
                      " and rollout.memory='none' (and rollout.group_size to G x N "
                      "for LaMer's sample budget)")
+  eval_batch_size(config)
+  _validate_mesh(config)
   return env
+
+
+def check_override_flags(argv: list[str], flag: str = "config") -> None:
+  """Rejects ``--config.<key>=...`` arguments whose key the schema lacks.
+
+  ml_collections would fail on them inside flag parsing with a bare
+  ``AttributeError``; call this before ``app.run`` to get a message naming
+  the valid keys instead.
+
+  Raises:
+    ValueError: an override names an unknown key.
+  """
+  schema = base.get_config()
+  prefix = f"--{flag}."
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if not arg.startswith(prefix):
+      continue
+    parts = arg[len(prefix):].split("=", 1)[0].split(".")
+    node, walked = schema, []
+    for part in parts:
+      if ".".join(walked) in _FREE_FORM:
+        break   # checked against the game by validate()
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = f"under {'.'.join(walked)!r}" if walked else "at the top level"
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ValueError(f"{arg}: unknown config key "
+                         f"{'.'.join(walked + [part])!r}; valid keys {where} are "
+                         f"{valid}")
+      node = node[part]
+      walked.append(part)
+
+
+def run_main(main: Callable[..., None], argv: list[str]) -> None:
+  """``absl.app.run(main)`` after :func:`check_override_flags` (a bad key
+  prints the valid ones and exits with status 2, like a flag error)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    check_override_flags(argv)
+  except ValueError as e:
+    print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)
 
 
 def config_from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -232,6 +332,9 @@ class Experiment:
       train; ``train_step(state) -> (state, metrics)`` is jitted.
     eval_fn: jitted ``(params, key, seeds) -> metrics``.
     eval_seeds: int32[eval tasks], the fixed held-out task seeds.
+    mesh: the device mesh when it spans several devices (the train step is
+      then ``sharding.make_sharded_train_step`` and the model's parameters
+      live on the mesh); None on one device.
   """
 
   config: ml_collections.ConfigDict
@@ -246,6 +349,7 @@ class Experiment:
   eval_rollout: RolloutConfig
   eval_fn: Callable[..., dict]
   eval_seeds: jax.Array
+  mesh: jax.sharding.Mesh | None = None
 
   @property
   def trains(self) -> bool:
@@ -269,10 +373,16 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
   """
   env = validate(config)
   params = env_params(env, dict(config.env.params))
+  mesh = sharding.make_mesh(mesh_config(config))
+  if mesh.devices.size == 1:
+    mesh = None   # the plain single-device program
   model = loading.load(config.model.name, dtype=config.model.dtype,
                        key=seed_key(config, _STREAM_MODEL))
   mcfg = model.cfg.replace(remat=config.model.remat)
   model = dataclasses.replace(model, cfg=mcfg)
+  if mesh is not None:
+    logging.info("%s", sharding.describe(mesh))
+    model.params = sharding.shard_params(model.params, mesh, mcfg)
   turns = num_turns(config, env)
 
   def layout(attempts: int, memory: str) -> prompts.ContextLayout:
@@ -293,8 +403,12 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
         num_tasks=config.rollout.num_tasks, group_size=config.rollout.group_size,
         temperature=config.rollout.temperature, top_k=config.rollout.top_k,
         top_p=config.rollout.top_p)
-    train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
-                                 env_params=params, jit=jit)
+    if mesh is None:
+      train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
+                                   env_params=params, jit=jit)
+    else:
+      train_step = sharding.make_sharded_train_step(
+          env, mcfg, train_layout, train_rollout, algo, mesh, env_params=params)
   memory = eval_memory(config)
   if (train_layout is not None and train_layout.memory == memory
       and train_layout.num_attempts == config.eval.num_attempts):
@@ -305,12 +419,13 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
   eval_rollout = RolloutConfig(num_tasks=tasks, group_size=1,
                                temperature=config.eval.temperature,
                                top_k=config.eval.top_k, top_p=config.eval.top_p)
-  eval_fn = make_eval_fn(env, mcfg, eval_layout, eval_rollout, env_params=params)
+  eval_fn = make_eval_fn(env, mcfg, eval_layout, eval_rollout, env_params=params,
+                         mesh=mesh, batch_size=eval_batch_size(config))
   return Experiment(config=config, env=env, env_params=params, model=model,
                     algo=algo, train_layout=train_layout,
                     train_rollout=train_rollout, train_step=train_step,
                     eval_layout=eval_layout, eval_rollout=eval_rollout,
-                    eval_fn=eval_fn, eval_seeds=eval_seeds(tasks))
+                    eval_fn=eval_fn, eval_seeds=eval_seeds(tasks), mesh=mesh)
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -319,14 +434,28 @@ def init_state(exp: Experiment) -> TrainState:
   fresh optimiser state."""
   params = jax.tree.map(jax.numpy.copy, exp.model.params)
   state = init_train_state(params, exp.algo, seed_key(exp.config, _STREAM_TRAIN))
+  if exp.mesh is not None:
+    return sharding.shard_train_state(state, exp.mesh, exp.model.cfg)
   # Committed to a device like a restored checkpoint's arrays, so that a
   # resumed run hits the same compiled train step instead of recompiling.
   return jax.device_put(state, jax.devices()[0])
 
 
 def abstract_state(exp: Experiment) -> TrainState:
-  """Shapes and dtypes of ``init_state(exp)``, computing nothing."""
-  return jax.eval_shape(lambda: init_state(exp))
+  """Shapes, dtypes and shardings of ``init_state(exp)``, computing nothing:
+  the target a checkpoint is restored into (onto this run's mesh, whatever
+  mesh wrote it)."""
+  abstract = jax.eval_shape(
+      lambda: init_train_state(exp.model.params, exp.algo,
+                               seed_key(exp.config, _STREAM_TRAIN)))
+  if exp.mesh is None:
+    shardings = jax.tree.map(
+        lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+  else:
+    shardings = sharding.state_shardings(abstract, exp.mesh, exp.model.cfg)
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
 
 
 def to_host(metrics: dict[str, Any]) -> dict[str, float]:

@@ -18,16 +18,19 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import types
 from typing import Any
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
 
 from experiments import common
-from lamer_jax import checkpoint, evaluation
+from experiments.configs import base
+from lamer_jax import checkpoint, evaluation, sharding
 
 def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
         step: int | None = None, *, num_tasks: int | None = None,
@@ -59,6 +62,10 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
     step = ckpt.latest_step() if step is None else step
     if config is None:
       config = common.config_from_dict(ckpt.restore_meta(step)["config"])
+      # The training run's mesh need not fit this machine: evaluate data
+      # parallel over whatever devices there are (checkpoints restore onto
+      # any mesh).
+      config.mesh.update(base.get_config().mesh)
   if num_tasks is not None:
     config.eval.num_tasks = num_tasks
   exp = experiment or common.build(config)
@@ -76,7 +83,7 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
       "memory": exp.eval_layout.memory, "metrics": results,
       "config": config.to_dict(),
   }
-  if output:
+  if output and jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
@@ -103,6 +110,7 @@ def main(argv, args: types.SimpleNamespace):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if args.config.value is None and args.workdir.value is None:
     raise app.UsageError("give --workdir (a training run) or --config (a model)")
+  sharding.initialize_distributed()   # multi-host only (docs/SCALING.md)
   report = run(args.config.value, args.workdir.value, args.step.value,
                num_tasks=args.num_tasks.value, output=args.output.value)
   print(f"{report['name']} ({report['method']}, step {report['step']}): "
@@ -115,4 +123,4 @@ def main(argv, args: types.SimpleNamespace):
 
 if __name__ == "__main__":
   _ARGS = define_flags()
-  app.run(functools.partial(main, args=_ARGS))
+  common.run_main(functools.partial(main, args=_ARGS), sys.argv)

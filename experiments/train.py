@@ -33,15 +33,18 @@ from absl import flags
 from absl import logging
 import ml_collections
 from ml_collections import config_flags
+import jax
 from tqdm import tqdm
 
 from experiments import common
-from lamer_jax import checkpoint, evaluation, metrics
+from lamer_jax import checkpoint, evaluation, metrics, sharding
 
 CONFIG_NAME = "config.json"
 # Saved config values a resumed run may change without changing its history.
+# (The mesh may change too: checkpoints restore onto any mesh.)
 _RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every",
-                      "train.checkpoint_every", "train.keep_checkpoints")
+                      "train.checkpoint_every", "train.keep_checkpoints",
+                      "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 class StopRequest:
@@ -94,10 +97,18 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
   return {f"{prefix}{k}": v for k, v in values.items()}
 
 
+def _open_writers(workdir: str, resume_step: int | None = None) -> metrics.Writers:
+  """Metric writers; in a multi-host run only process 0 writes (the others'
+  metrics are the same: every host computes the global ones)."""
+  if jax.process_index() != 0:
+    return metrics.Writers([])
+  return metrics.open_writers(workdir, resume_step)
+
+
 def _evaluate_only(exp: common.Experiment, workdir: str) -> dict[str, float]:
   t0 = time.perf_counter()
   results = common.evaluate(exp, exp.model.params, step=0)
-  writers = metrics.open_writers(workdir)
+  writers = _open_writers(workdir)
   writers.write(0, {**_prefixed("eval/", results),
                     "time/eval_s": time.perf_counter() - t0})
   writers.close()
@@ -123,8 +134,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   exp = experiment or common.build(config)
   os.makedirs(workdir, exist_ok=True)
   logging.info("%s", common.describe(exp))
-  with open(os.path.join(workdir, CONFIG_NAME), "w", encoding="utf-8") as f:
-    json.dump(config.to_dict(), f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG_NAME), "w", encoding="utf-8") as f:
+      json.dump(config.to_dict(), f, indent=2)
   steps = config.train.steps
   if not exp.trains or steps == 0:
     return _evaluate_only(exp, workdir), None
@@ -142,11 +154,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("resumed from %s", ckpt.step_path(step))
   if experiment is None:
     exp.model.params = None   # the train state holds the only copy we need
-  writers = metrics.open_writers(workdir, resume_step)
+  writers = _open_writers(workdir, resume_step)
   attempts = exp.train_layout.num_attempts
   last_eval: dict[str, float] | None = None
   saved_step = resume_step
-  bar = tqdm(total=steps, initial=step, disable=not progress, unit="step",
+  bar = tqdm(total=steps, initial=step, unit="step",
+             disable=not progress or jax.process_index() != 0,
              dynamic_ncols=True)
   with StopRequest() as stop:
     try:
@@ -212,6 +225,9 @@ def main(argv, args: types.SimpleNamespace):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not args.workdir.value or args.config.value is None:
     raise app.UsageError("--config and --workdir are required")
+  # Multi-host runs (JAX_COORDINATOR_ADDRESS=... or LAMER_DISTRIBUTED_AUTO=1,
+  # docs/SCALING.md) join the cluster before anything asks JAX for devices.
+  sharding.initialize_distributed()
   config = args.config.value
   results, signum = train(config, args.workdir.value, progress=args.progress.value)
   if signum is not None:
@@ -222,4 +238,4 @@ def main(argv, args: types.SimpleNamespace):
 
 if __name__ == "__main__":
   _ARGS = define_flags()
-  app.run(functools.partial(main, args=_ARGS))
+  common.run_main(functools.partial(main, args=_ARGS), sys.argv)

@@ -62,8 +62,21 @@ def _short(e: Exception, limit: int = 300) -> str:
 
 
 def _abstract_tree(abstract_state: TrainState) -> dict[str, Any]:
-  """ShapeDtypeStructs of ``state_to_tree`` for a (possibly abstract) state."""
-  return jax.eval_shape(state_to_tree, abstract_state)
+  """ShapeDtypeStructs of ``state_to_tree`` for a (possibly abstract) state,
+  with the shardings of ``abstract_state``'s leaves where they have one (so a
+  checkpoint lands on the run's mesh, whichever mesh wrote it)."""
+  shapes = jax.eval_shape(state_to_tree, abstract_state)
+  # The same dict with the state's own leaves (the typed key in place of its
+  # raw data, whose sharding is the key's).
+  source = dict(shapes, params=abstract_state.params,
+                opt_state=abstract_state.opt_state, step=abstract_state.step,
+                key=abstract_state.key)
+  if "ref_params" in shapes:
+    source["ref_params"] = abstract_state.ref_params
+  return jax.tree.map(
+      lambda t, a: jax.ShapeDtypeStruct(t.shape, t.dtype,
+                                        sharding=getattr(a, "sharding", None)),
+      shapes, source)
 
 
 def _key_name(k: Any) -> str:
@@ -171,7 +184,10 @@ class Checkpointer:
   def restore(self, abstract_state: TrainState,
               step: int | None = None) -> TrainState:
     """Restores checkpoint ``step`` (default: latest) into ``abstract_state``'s
-    structure, shapes and dtypes (e.g. ``jax.eval_shape`` of the init).
+    structure, shapes and dtypes (e.g. ``jax.eval_shape`` of the init), and
+    onto its leaves' shardings where they carry one: give ``ShapeDtypeStruct``s
+    with ``sharding.state_shardings(abstract, mesh)`` to restore onto another
+    mesh than the one that saved.
 
     Raises:
       FileNotFoundError: there is no such checkpoint.

@@ -252,6 +252,12 @@ def shard_train_state(state: Any, mesh: Mesh, mcfg: Any = None) -> Any:
   return jax.jit(lambda s: s, out_shardings=shardings)(state)
 
 
+def shard_params(params: Any, mesh: Mesh, mcfg: Any = None) -> Any:
+  """Places a parameter pytree onto ``mesh`` by :func:`param_specs` (as
+  :func:`shard_train_state` places a whole state)."""
+  return shard_train_state({"params": params}, mesh, mcfg)["params"]
+
+
 def check_rows(num_rows: int, mesh: Mesh, what: str = "rollout rows") -> None:
   """Raises ValueError unless ``num_rows`` splits evenly over the row axes."""
   shards = num_row_shards(mesh)

@@ -264,14 +264,38 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
 
 
 def make_eval_fn(env: Environment, mcfg: llama.ModelConfig, layout: ContextLayout,
-                 rollout_cfg: RolloutConfig, env_params: Any = None):
-  """Builds ``evaluate(params, key, seeds int32[B]) -> metrics`` (jitted)."""
+                 rollout_cfg: RolloutConfig, env_params: Any = None,
+                 mesh: jax.sharding.Mesh | None = None,
+                 batch_size: int | None = None):
+  """Builds ``evaluate(params, key, seeds int32[B]) -> metrics`` (jitted).
+
+  With ``mesh``, the tasks are split over its ("data", "fsdp") axes and
+  ``params`` must already be placed on it (``sharding.shard_params``).
+  ``batch_size`` plays the B tasks that many at a time (a ``lax.map`` over
+  B / batch_size rollouts, each with its own key folded from ``key``), which
+  bounds memory by the batch instead of B; None plays all B at once.
+  """
   env_params = env.default_params if env_params is None else env_params
+
+  def play(params, key, seeds):
+    cfg = dataclasses.replace(rollout_cfg, num_tasks=seeds.shape[0])
+    return rollout(params, key, env_params, env=env, mcfg=mcfg, layout=layout,
+                   cfg=cfg, task_seeds=seeds, mesh=mesh)
 
   @jax.jit
   def evaluate(params, key, seeds):
-    traj = rollout(params, key, env_params, env=env, mcfg=mcfg, layout=layout,
-                   cfg=rollout_cfg, task_seeds=seeds)
+    n = seeds.shape[0]
+    if batch_size is None or batch_size >= n:
+      traj = play(params, key, seeds)
+    else:
+      if n % batch_size:
+        raise ValueError(f"{n} evaluation tasks do not split into batches of "
+                         f"{batch_size}")
+      chunks = n // batch_size
+      trajs = jax.lax.map(
+          lambda a: play(params, jax.random.fold_in(key, a[0]), a[1]),
+          (jnp.arange(chunks), seeds.reshape(chunks, batch_size)))
+      traj = jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), trajs)
     return trajectory_metrics(traj)
 
   return evaluate

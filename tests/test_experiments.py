@@ -120,6 +120,11 @@ def test_unknown_key_raises_value_error_naming_valid_keys():
     ("rollout.num_turns", 3, r"exceeds guess's max_turns=1"),
     ("rollout.top_p", 0.0, r"rollout.top_p must be in \(0, 1\]"),
     ("algo.gamma_traj", 1.5, r"algo.gamma_traj must be in \[0, 1\]"),
+    ("mesh.data", 3, r"mesh: mesh \{'data': 3, 'fsdp': 1, 'tensor': 1\} has 3 "
+     r"devices but 1 are available.*--config.mesh"),
+    ("mesh.fsdp", 0, r"mesh: mesh axis sizes must be positive or -1"),
+    ("mesh.tensor", -2, r"mesh: mesh axis sizes must be positive or -1"),
+    ("eval.batch_size", 3, r"eval.batch_size=3 does not divide eval.num_tasks=4"),
 ])
 def test_invalid_values_raise_value_error(key, value, message):
   config = small_config()
@@ -127,6 +132,36 @@ def test_invalid_values_raise_value_error(key, value, message):
   (config[group] if group else config)[name] = value
   with pytest.raises(ValueError, match=message):
     common.validate(config)
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--config.train.lrr=1", r"unknown config key 'train.lrr'; valid keys under "
+     r"'train' are \['checkpoint_every'"),
+    ("--config.trainn.lr=1", r"unknown config key 'trainn'; valid keys at the "
+     r"top level are \['algo'"),
+    ("--config.algo.lr.x=1", r"unknown config key 'algo.lr.x'"),
+])
+def test_unknown_override_flag_names_valid_keys(arg, message):
+  with pytest.raises(ValueError, match=message):
+    common.check_override_flags(["train", "--workdir=x", arg])
+
+
+def test_valid_override_flags_pass():
+  common.check_override_flags([
+      "train", "--config=experiments/configs/tiny.py", "--config.algo.lr=1e-3",
+      "--config.env.overrides.num_boxes=3", "--config.mesh.data", "1",
+      "--", "--config.not.checked"])
+
+
+def test_override_typo_on_the_command_line_exits_with_a_message():
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train",
+       f"--config={CONFIG_DIR / 'tiny.py'}", "--workdir=unused",
+       "--config.train.stepz=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2
+  assert "unknown config key 'train.stepz'" in proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 def test_invalid_method_combinations_and_env_keys():

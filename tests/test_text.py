@@ -60,6 +60,37 @@ def test_round_trip_every_state(env_name, tok_name, seed):
     assert int(buf.length) <= codec.max_tokens
     # Padding only after the real tokens.
     assert np.all(np.asarray(buf.ids)[int(buf.length):] == codec.pad_id)
+    slots = env.symbol_slots
+    if slots is not None:   # every rendered symbol is one its slot allows
+      symbols = np.asarray(env.render_symbols(state, env.default_params))
+      assert all(s == -1 or s in slots[p] for p, s in enumerate(symbols))
+
+
+@pytest.mark.parametrize("env_name,loose", [
+    # SmolLM2: "Row 1: " is 5 tokens, so without slots every one of the
+    # H x (W + 2) or H x (2W + 1) positions was sized for 5 tokens.
+    ("sokoban", 6 * 8 * 5), ("minesweeper", 6 * 13 * 5)])
+def test_symbol_slots_shrink_the_buffer(env_name, loose):
+  env, codec, _ = _setup(env_name, "smollm2")
+  assert codec.max_symbols * codec.symbol_tokens.shape[1] == loose
+  plain = TextCodec.from_tokenizer(codec.tokenizer, env.symbols, env.action_strings,
+                                   env.max_symbols, "</action>")
+  assert plain.max_tokens == loose
+  # Labels + cells (+ separators) + newlines, each at its own longest.
+  lengths = codec.symbol_lengths
+  expected = sum(int(max(lengths[i] for i in ids)) for ids in env.symbol_slots)
+  assert codec.max_tokens == expected < loose / 2
+
+
+def test_symbol_slots_are_checked():
+  tok = ByteTokenizer()
+  with pytest.raises(ValueError, match="symbol_slots has 1 positions"):
+    TextCodec.from_tokenizer(tok, ["#", "ab"], ["x"], 2, symbol_slots=[(0,)])
+  with pytest.raises(ValueError, match=r"symbol_slots\[1\] = \(2,\) must name"):
+    TextCodec.from_tokenizer(tok, ["#", "ab"], ["x"], 2, symbol_slots=[(0,), (2,)])
+  codec = TextCodec.from_tokenizer(tok, ["#", "ab"], ["x"], 2,
+                                   symbol_slots=[(0,), (0, 1)])
+  assert codec.max_tokens == 1 + 2
 
 
 def test_candidate_table_decodes_to_actions():

@@ -139,3 +139,27 @@ def test_lamer_writes_reflections_and_baseline_does_not():
   assert base.metrics1["reflection_tokens/mean"] == 0
   assert base.metrics1["attempts/mean"] == 1
   assert "pass@2" not in base.metrics1
+
+
+def test_batched_evaluation_plays_each_batch_like_a_separate_call():
+  """batch_size=2 over 4 tasks = two 2-task evaluations with keys folded in
+  order; per-task means (pass@k) are the mean of the two halves'."""
+  env = envs_jax.make("guess", num_options=3)
+  layout = build_layout(ByteTokenizer(), env, num_attempts=2, num_turns=1,
+                        memory="history_only", reflection_tokens=4)
+  params = llama.init_params(MCFG, jax.random.key(0))
+  cfg = RolloutConfig(num_tasks=4, group_size=1)
+  seeds = train_lib.eval_seeds(4)
+  key = jax.random.key(5)
+  batched = train_lib.make_eval_fn(env, MCFG, layout, cfg, batch_size=2)
+  single = train_lib.make_eval_fn(env, MCFG, layout,
+                                  RolloutConfig(num_tasks=2, group_size=1))
+  got = jax.device_get(batched(params, key, seeds))
+  halves = [jax.device_get(single(params, jax.random.fold_in(key, i),
+                                  seeds[2 * i:2 * i + 2])) for i in range(2)]
+  for k in ("pass@1", "pass@2", "return/mean"):
+    np.testing.assert_allclose(got[k], (halves[0][k] + halves[1][k]) / 2,
+                               rtol=1e-6, err_msg=k)
+  with pytest.raises(ValueError, match="4 evaluation tasks do not split into "
+                     "batches of 3"):
+    train_lib.make_eval_fn(env, MCFG, layout, cfg, batch_size=3)(params, key, seeds)

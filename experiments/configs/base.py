@@ -40,6 +40,15 @@ def get_config() -> ml_collections.ConfigDict:
   # forward keeps [rows, heads, C, C] attention per layer otherwise.
   config.model.remat = True
 
+  # Device mesh (lamer_jax.sharding, docs/SCALING.md): the rows (tasks x
+  # trials) split over data x fsdp, the weights and Adam moments over fsdp
+  # (and attention heads / MLP over tensor). -1: all remaining devices, so
+  # the default is pure data parallelism over every device of every host.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+
   # Training rollouts: B tasks x G trials x N attempts x T turns.
   config.rollout = ml_collections.ConfigDict()
   config.rollout.num_tasks = 16
@@ -90,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Held-out evaluation: one trial per task, eval_seeds(num_tasks).
   config.eval = ml_collections.ConfigDict()
   config.eval.num_tasks = config_dict.placeholder(int)  # None: 128 (16 on CPU)
+  # Tasks played at once (memory grows with it); None: all of them. Must
+  # divide num_tasks; the sampling keys depend on it.
+  config.eval.batch_size = config_dict.placeholder(int)
   config.eval.num_attempts = 3
   config.eval.temperature = 0.7
   config.eval.top_p = 0.8
