@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -91,9 +92,10 @@ _GEN_NEW_TOKENS = flags.DEFINE_integer(
 _GEN_REPEATS = flags.DEFINE_integer(
     "gen_repeats", 3, "generate: timed calls after the warm-up call (median).")
 _GEN_SIDES = flags.DEFINE_list(
-    "gen_sides", ["jax", "torch"], "generate: implementations to time.")
-_GEN_TORCH_THREADS = flags.DEFINE_integer(
-    "gen_torch_threads", 0, "generate: torch intra-op threads (0: torch's default).")
+    "gen_sides", ["jax", "torch", "torch-1t"],
+    "generate: implementations to time: jax, torch (torch's default thread "
+    "count) or torch-<n>t (n intra-op threads; 1 avoids OpenMP spin-waiting "
+    "on a loaded machine).")
 _GEN_WORKER = flags.DEFINE_string(
     "gen_worker", None, "Internal: run one measurement described by this JSON file.")
 
@@ -219,8 +221,8 @@ def _generate_torch(spec: dict[str, Any]) -> dict[str, Any]:
   import transformers  # pylint: disable=g-import-not-at-top
 
   from lamer_jax.models import loading  # pylint: disable=g-import-not-at-top
-  if spec["torch_threads"]:
-    torch.set_num_threads(spec["torch_threads"])
+  if spec["side"] != "torch":  # torch-<n>t
+    torch.set_num_threads(int(spec["side"][len("torch-"):-1]))
   gguf_path = loading.smollm2_gguf_path()  # found, never imported
   start = time.perf_counter()
   model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -248,19 +250,18 @@ def _generate_torch(spec: dict[str, Any]) -> dict[str, Any]:
           **timed, "output": timed["output"].tolist()}
 
 
-_GEN_WORKERS = {"jax": _generate_jax, "torch": _generate_torch}
-
 
 def _generate_worker(spec_path: str) -> None:
   spec = json.loads(pathlib.Path(spec_path).read_text())
-  result = _GEN_WORKERS[spec["side"]](spec)
+  worker = _generate_jax if spec["side"] == "jax" else _generate_torch
+  result = worker(spec)
   print("RESULT " + json.dumps(result))
 
 
 def _run_worker(side: str, prompts: list[list[int]]) -> dict[str, Any]:
   """Runs one measurement in a fresh process (so its peak RSS is its own)."""
   spec = {"side": side, "prompts": prompts, "new_tokens": _GEN_NEW_TOKENS.value,
-          "repeats": _GEN_REPEATS.value, "torch_threads": _GEN_TORCH_THREADS.value}
+          "repeats": _GEN_REPEATS.value}
   with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
     json.dump(spec, f)
   load_avg = os.getloadavg()[0]
@@ -295,6 +296,9 @@ def bench_generate() -> str:
   if _GEN_WORKER.value:
     _generate_worker(_GEN_WORKER.value)
     sys.exit(0)
+  for side in _GEN_SIDES.value:
+    if not re.fullmatch(r"jax|torch|torch-[1-9][0-9]*t", side):
+      raise app.UsageError(f"--gen_sides: unknown side {side!r}")
   new_tokens = _GEN_NEW_TOKENS.value
   rows, notes, versions = [], [], {}
   for batch in map(int, _GEN_BATCH_SIZES.value):
@@ -311,12 +315,16 @@ def bench_generate() -> str:
           f"{max(r['first_s'] - wall, 0.0):.1f} | {r['load_s']:.1f} | "
           f"{r['load_rss']:.0f} | {r['generate_peak_rss']:.0f} | {r['peak_rss']:.0f} | "
           f"{r['load_avg'][0]:.1f} / {r['load_avg'][1]:.1f} |")
-    if {"jax", "torch"} <= results.keys():
-      speedup = (statistics.median(results["torch"]["wall_s"])
+    torch_sides = [side for side in results if side.startswith("torch")]
+    if "jax" in results and torch_sides:
+      best = min(torch_sides, key=lambda side: statistics.median(results[side]["wall_s"]))
+      speedup = (statistics.median(results[best]["wall_s"])
                  / statistics.median(results["jax"]["wall_s"]))
-      notes.append(f"- batch {batch}: jax / torch throughput = **{speedup:.2f}x**; "
-                   f"greedy tokens: {_agreement(results['jax']['output'], results['torch']['output'])}; "
-                   f"prompt lengths {min(map(len, prompts))}-{max(map(len, prompts))} tokens.")
+      agree = _agreement(results["jax"]["output"], results[best]["output"])
+      notes.append(
+          f"- batch {batch}: jax / fastest torch ({best}) throughput = "
+          f"**{speedup:.2f}x**; greedy tokens: {agree}; prompt lengths "
+          f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens.")
   header = (
       "| side | batch | tokens/s | s per call | CPU ms per token | first-call overhead s "
       "| load s | RSS after load MiB | peak RSS generating MiB | peak RSS MiB "
@@ -335,7 +343,10 @@ def bench_generate() -> str:
       f"left-padded for transformers). **jax**: `sampling.prefill` + "
       f"`sampling.generate` (jitted, KV cache of prompt + {new_tokens} slots); "
       f"**torch**: `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` and "
-      f"`model.generate`. Each (side, batch) runs in its own process. tokens/s = "
+      f"`model.generate` with torch's default thread count; **torch-1t**: the same "
+      f"with `torch.set_num_threads(1)` (on a loaded machine OpenMP's spin-waiting "
+      f"makes multi-threaded torch far slower; the speedup below is against the "
+      f"faster torch row). Each (side, batch) runs in its own process. tokens/s = "
       f"batch x {new_tokens} / median wall time of {_GEN_REPEATS.value} calls "
       f"(prefill included) after one warm-up call; first-call overhead = warm-up "
       f"call - median call (tracing + XLA compilation for jax); peak RSS "
