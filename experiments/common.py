@@ -202,6 +202,7 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
                      f"{loading.valid_names()} or give a local checkpoint path")
   _choice("model.dtype", config.model.dtype, DTYPES)
   _choice("rollout.memory", config.rollout.memory, prompts.MEMORY_MODES)
+  _choice("rollout.action_mode", config.rollout.action_mode, prompts.ACTION_MODES)
   _choice("algo.estimator", config.algo.estimator, returns.ESTIMATORS)
   _choice("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS)
   _positive(config, "rollout.num_tasks", "rollout.group_size", "rollout.num_attempts",
@@ -211,7 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
             optional=True)
   _positive(config, "rollout.top_k", "eval.top_k", "train.steps", "train.seed",
             "train.eval_every", "train.checkpoint_every", "algo.warmup_steps",
-            allow_zero=True)
+            "rollout.think_tokens", allow_zero=True)
   limit = getattr(env, "max_turns", None)
   if config.rollout.num_turns is None and limit is None:
     raise ValueError(f"{env.name} has no max_turns: set rollout.num_turns")
@@ -388,7 +389,9 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
   def layout(attempts: int, memory: str) -> prompts.ContextLayout:
     lay = prompts.build_layout(model.tokenizer, env, num_attempts=attempts,
                                num_turns=turns, memory=memory,
-                               reflection_tokens=config.rollout.reflection_tokens)
+                               reflection_tokens=config.rollout.reflection_tokens,
+                               action_mode=config.rollout.action_mode,
+                               think_tokens=config.rollout.think_tokens)
     if lay.context_len > mcfg.max_position:
       raise ValueError(f"an attempt's context ({lay.describe()}) exceeds the "
                        f"model's {mcfg.max_position} positions; lower "
@@ -402,7 +405,8 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
     train_rollout = RolloutConfig(
         num_tasks=config.rollout.num_tasks, group_size=config.rollout.group_size,
         temperature=config.rollout.temperature, top_k=config.rollout.top_k,
-        top_p=config.rollout.top_p)
+        top_p=config.rollout.top_p,
+        invalid_penalty=config.rollout.invalid_penalty)
     if mesh is None:
       train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
                                    env_params=params, jit=jit)
@@ -418,7 +422,8 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
   tasks = eval_num_tasks(config)
   eval_rollout = RolloutConfig(num_tasks=tasks, group_size=1,
                                temperature=config.eval.temperature,
-                               top_k=config.eval.top_k, top_p=config.eval.top_p)
+                               top_k=config.eval.top_k, top_p=config.eval.top_p,
+                               invalid_penalty=config.rollout.invalid_penalty)
   eval_fn = make_eval_fn(env, mcfg, eval_layout, eval_rollout, env_params=params,
                          mesh=mesh, batch_size=eval_batch_size(config))
   return Experiment(config=config, env=env, env_params=params, model=model,

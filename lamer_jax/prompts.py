@@ -12,6 +12,9 @@ One attempt's row (``C`` slots), in order:
     prefix   [system open + instructions] [memory 1] ... [memory N-1] [system close]
     turn t   [end of turn t-1] [user open + obs header] [observation] [user close +
              assistant open + "<action>"] [action tokens, incl. "</action>"]   (t < T)
+             with thinking, the turn prompt ends in "<think>" instead and the
+             action is preceded by [thinking tokens] ["</think>" (unless the
+             model wrote it) + "\n<action>"]
     reflect  [end of last turn] [user open + reflection prompt] [initial observation]
              [reflection instructions + user close + assistant open + "<remark>"]
              [reflection tokens]
@@ -31,9 +34,15 @@ import numpy as np
 from envs_jax.text import TextCodec, pad_id_of
 
 MEMORY_MODES = ("reflection_only", "history_only", "history_and_reflection", "none")
+# constrained: actions are decoded under a prefix mask over the candidate
+# table (always valid); free: the model writes the action span freely and a
+# span that is not exactly one allowed candidate is an invalid action.
+ACTION_MODES = ("constrained", "free")
 
 ACTION_OPEN = "<action>"
 ACTION_CLOSE = "</action>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
 REMARK_OPEN = "<remark>"
 REMARK_CLOSE = "</remark>"
 
@@ -124,6 +133,15 @@ class ContextLayout:
   turn_close: np.ndarray          # instructions + user close + assistant open + <action>
   reflect_open: np.ndarray
   reflect_close: np.ndarray
+  # action mode and thinking
+  action_mode: str = "constrained"
+  think_tokens: int = 0           # 0: no thinking span
+  think_close: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0,), np.int32))   # "</think>"
+  action_open: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0,), np.int32))   # "\n<action>"
+  think_stop: tuple[int, ...] = ()    # tokens of "</think>": ends thinking
+  action_stop: tuple[int, ...] = ()   # tokens of "</action>": ends a free action
 
   # ---- sizes -------------------------------------------------------------------
   @property
@@ -161,8 +179,24 @@ class ContextLayout:
     return len(self.turn_end) + len(self.turn_open) + self.obs_len + len(self.turn_close)
 
   @property
+  def thinks(self) -> bool:
+    return self.think_tokens > 0
+
+  @property
+  def think_len(self) -> int:
+    """Slots between the turn prompt and the action span: the thinking
+    tokens, then "</think>" and "\n<action>"; 0 without thinking."""
+    if not self.thinks:
+      return 0
+    return self.think_tokens + len(self.think_close) + len(self.action_open)
+
+  @property
   def turn_len(self) -> int:
-    return self.turn_prompt_len + self.action_len
+    return self.turn_prompt_len + self.think_len + self.action_len
+
+  def action_start(self, t: int) -> int:
+    """Slot of turn t's first action token."""
+    return self.turn_start(t) + self.turn_prompt_len + self.think_len
 
   @property
   def reflect_prompt_len(self) -> int:
@@ -185,17 +219,37 @@ class ContextLayout:
     return self.prefix_len + self.num_turns * self.turn_len
 
   def describe(self) -> str:
+    think = f", thinking {self.think_len}" if self.thinks else ""
     return (f"context {self.context_len} slots = prefix {self.prefix_len} + "
-            f"{self.num_turns} turns x {self.turn_len} (obs {self.obs_len}, action "
-            f"{self.action_len}) + reflection {self.reflect_len}")
+            f"{self.num_turns} turns x {self.turn_len} (obs {self.obs_len}{think}, "
+            f"{self.action_mode} action {self.action_len}) + reflection "
+            f"{self.reflect_len}")
 
 
 def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
                  memory: str = "reflection_only", reflection_tokens: int = 64,
-                 system_extra: str = "") -> ContextLayout:
-  """Tokenizes every constant piece of the prompts for ``env`` (host side)."""
+                 system_extra: str = "", action_mode: str = "constrained",
+                 think_tokens: int = 0) -> ContextLayout:
+  """Tokenizes every constant piece of the prompts for ``env`` (host side).
+
+  Args:
+    tokenizer: the model's tokenizer (its chat template frames the prompts).
+    env: the game.
+    num_attempts, num_turns: N and T.
+    memory: one of ``MEMORY_MODES``.
+    reflection_tokens: the reflection budget.
+    system_extra: text appended to the system prompt.
+    action_mode: one of ``ACTION_MODES``.
+    think_tokens: budget of a free "<think>" span before every action (0:
+      none); the model ends it early by writing "</think>".
+  """
   if memory not in MEMORY_MODES:
     raise ValueError(f"unknown memory mode {memory!r}; choose one of {MEMORY_MODES}")
+  if action_mode not in ACTION_MODES:
+    raise ValueError(f"unknown action mode {action_mode!r}; choose one of "
+                     f"{ACTION_MODES}")
+  if think_tokens < 0:
+    raise ValueError(f"think_tokens must be >= 0, got {think_tokens}")
   chat = chat_pieces(tokenizer)
   codec = TextCodec.for_env(tokenizer, env, action_terminator=ACTION_CLOSE)
   pad = pad_id_of(tokenizer)
@@ -210,6 +264,12 @@ def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
   hist = [f"On trial #{k + 1}, you took these actions: "
           for k in range(max(1, num_attempts - 1))]
   t = lambda s: _tok(tokenizer, s)
+  if think_tokens:
+    turn_close = t(f"Think briefly inside {THINK_OPEN}{THINK_CLOSE}, then give "
+                   f"your next action inside {ACTION_OPEN}{ACTION_CLOSE}."
+                   + chat.user_close + THINK_OPEN)
+  else:
+    turn_close = t("Choose your next action." + chat.user_close + ACTION_OPEN)
   mem_h = [t(h) for h in headers]
   hist_h = [t(h) for h in hist]
   disp = [t(f"{a}; ") for a in env.action_strings]
@@ -227,11 +287,16 @@ def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
       display_lengths=np.asarray([len(d) for d in disp], np.int32),
       turn_end=t(chat.assistant_close),
       turn_open=t(chat.user_open + "Current state:\n"),
-      turn_close=t("Choose your next action." + chat.user_close + ACTION_OPEN),
+      turn_close=turn_close,
       reflect_open=t(chat.user_open + "The attempt is over and the task is NOT "
                      "successfully completed. The initial state was:\n"),
       reflect_close=t(
           "Reflect on what went wrong and write a short plan for the next "
           f"attempt, inside {REMARK_OPEN}{REMARK_CLOSE}." + chat.user_close
           + REMARK_OPEN),
+      action_mode=action_mode, think_tokens=think_tokens,
+      think_close=t(THINK_CLOSE) if think_tokens else np.zeros((0,), np.int32),
+      action_open=t("\n" + ACTION_OPEN) if think_tokens else np.zeros((0,), np.int32),
+      think_stop=tuple(int(x) for x in t(THINK_CLOSE)),
+      action_stop=tuple(int(x) for x in t(ACTION_CLOSE)),
   )

@@ -43,6 +43,9 @@ class RolloutConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  # Reward of a turn whose free-form action is not an allowed candidate (the
+  # game does not move); only the "free" action mode produces such turns.
+  invalid_penalty: float = -0.1
 
   @property
   def num_rows(self) -> int:
@@ -121,6 +124,61 @@ def _feed(params, mcfg, ctx: _Ctx, tokens, mask):
              last_logits=jnp.where(any_real[:, None], logits, ctx.last_logits),
              next_pos=ctx.next_pos + csum[:, -1])
   return ctx, positions
+
+
+def _think(params, mcfg, ctx: _Ctx, layout: ContextLayout, key, active, samp):
+  """Free thinking tokens after "<think>", up to ``layout.think_tokens``.
+
+  Returns (ctx, the span's (tokens, positions, real, generated, log-probs),
+  bool[R] whether the row closed its thinking with "</think>").
+  """
+  gen = sampling.generate(
+      params, mcfg, key, ctx.cache, ctx.last_logits, ctx.next_pos,
+      max_new_tokens=layout.think_tokens, sampling=samp,
+      stop_tokens=(layout.eos_id,), stop_sequence=layout.think_stop,
+      pad_id=layout.pad_id, active=active)
+  return _generated_span(ctx, gen, active, layout.pad_id) + (
+      gen.stopped & active & ~_ends_with(gen, layout.eos_id),)
+
+
+def _ends_with(gen: sampling.GenerateOutput, token: int) -> jax.Array:
+  """bool[R]: the row's last generated token is ``token``."""
+  last = jnp.take_along_axis(gen.tokens, jnp.maximum(gen.lengths - 1, 0)[:, None],
+                             axis=1)[:, 0]
+  return (gen.lengths > 0) & (last == token)
+
+
+def _generated_span(ctx: _Ctx, gen: sampling.GenerateOutput, active, pad_id):
+  mask = gen.mask & active[:, None]
+  tokens = jnp.where(mask, gen.tokens, pad_id)
+  span = (tokens, _span_positions(ctx.next_pos, mask), mask, mask,
+          jnp.where(mask, gen.logprobs, 0.0))
+  ctx = _Ctx(cache=gen.cache, last_logits=gen.last_logits,
+             next_pos=gen.next_positions)
+  return ctx, span
+
+
+def _free_action(params, mcfg, ctx: _Ctx, layout: ContextLayout, key, active,
+                 allowed, samp):
+  """The "free" action mode: the model writes up to ``action_len`` tokens
+  after "<action>" (stopping at "</action>" or end of turn), and the span is
+  parsed by exact token match against the candidate table (actions followed
+  by "</action>", tokenized canonically).
+
+  Returns (ctx, span, int32[R] matched candidate (0 if none), bool[R] the
+  span is an allowed candidate).
+  """
+  codec = layout.codec
+  gen = sampling.generate(
+      params, mcfg, key, ctx.cache, ctx.last_logits, ctx.next_pos,
+      max_new_tokens=layout.action_len, sampling=samp,
+      stop_tokens=(layout.eos_id,), stop_sequence=layout.action_stop,
+      pad_id=layout.pad_id, active=active)
+  ctx, span = _generated_span(ctx, gen, active, layout.pad_id)
+  index, parsed = sampling.match_action(
+      span[0], span[2], jnp.asarray(codec.action_tokens),
+      jnp.asarray(codec.action_lengths), allowed)
+  return ctx, span, index, parsed
 
 
 def _span_positions(next_pos, mask):
@@ -238,30 +296,61 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
           obs.mask & active[:, None],
           _piece_mask(len(layout.turn_close), active, rows)], axis=1)
       ctx, c_pos = _feed(params, mcfg, ctx, chunk, cmask)
+      # Spans of the turn's row, in order: (tokens, positions, real, generated,
+      # behaviour log-probs).
+      spans = [(chunk, c_pos, cmask, jnp.zeros_like(cmask),
+                jnp.zeros(cmask.shape, jnp.float32))]
+      # Keys: fold_in(akey, t) for the action (as without thinking),
+      # n_turns for the reflection, n_turns + 1 + t for thinking.
+      k_act = jax.random.fold_in(akey, t)
+      k_think = jax.random.fold_in(akey, n_turns + 1 + t)
+      if layout.thinks:
+        ctx, span, closed = _think(params, mcfg, ctx, layout, k_think, active, samp)
+        spans.append(span)
+        # "</think>" unless the model wrote it, then "\n<action>".
+        tail = jnp.concatenate([_const(layout.think_close, rows),
+                                _const(layout.action_open, rows)], axis=1)
+        tmask = jnp.concatenate([
+            _piece_mask(len(layout.think_close), active & ~closed, rows),
+            _piece_mask(len(layout.action_open), active, rows)], axis=1)
+        ctx, t_pos = _feed(params, mcfg, ctx, tail, tmask)
+        spans.append((tail, t_pos, tmask, jnp.zeros_like(tmask),
+                      jnp.zeros(tmask.shape, jnp.float32)))
       allowed = jax.vmap(env.action_mask, in_axes=(0, None))(state, env_params)
       allowed = allowed & active[:, None]
-      out = sampling.decode_action(
-          params, mcfg, jax.random.fold_in(akey, t), ctx.cache, ctx.last_logits,
-          ctx.next_pos, table_t, table_l, allowed, samp, layout.pad_id)
-      a_pos = _span_positions(ctx.next_pos, out.mask)
-      ctx = _Ctx(cache=out.cache, last_logits=out.last_logits,
-                 next_pos=out.next_positions)
+      if layout.action_mode == "free":
+        ctx, span, index, parsed = _free_action(params, mcfg, ctx, layout, k_act,
+                                                active, allowed, samp)
+      else:
+        out = sampling.decode_action(
+            params, mcfg, k_act, ctx.cache, ctx.last_logits, ctx.next_pos,
+            table_t, table_l, allowed, samp, layout.pad_id)
+        span = (out.tokens, _span_positions(ctx.next_pos, out.mask), out.mask,
+                out.mask, out.token_logprobs)
+        ctx = _Ctx(cache=out.cache, last_logits=out.last_logits,
+                   next_pos=out.next_positions)
+        index, parsed = out.index, active
+      spans.append(span)
       skey = jax.vmap(env.state_key)(state)
-      new_state, ts = jax.vmap(env.step, in_axes=(0, 0, None))(state, out.index,
+      new_state, ts = jax.vmap(env.step, in_axes=(0, 0, None))(state, index,
                                                                env_params)
+      # A free-form action that names no allowed candidate leaves the game
+      # as it was, costs cfg.invalid_penalty and counts as an invalid action.
+      moved = active & parsed
       state = jax.tree.map(lambda n, o: jnp.where(
-          active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new_state, state)
+          moved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new_state, state)
+      reward = jnp.where(parsed, ts.reward, cfg.invalid_penalty)
       record = dict(
-          tokens=jnp.concatenate([chunk, out.tokens], axis=1),
-          positions=jnp.concatenate([c_pos, a_pos], axis=1),
-          token_mask=jnp.concatenate([cmask, out.mask], axis=1),
-          loss_mask=jnp.concatenate([jnp.zeros_like(cmask), out.mask], axis=1),
-          logp_old=jnp.concatenate([jnp.zeros(cmask.shape, jnp.float32),
-                                    out.token_logprobs], axis=1),
-          action=out.index, allowed=allowed,
-          reward=jnp.where(active, ts.reward, 0.0), valid=active,
-          invalid=active & ts.invalid, won=active & ts.won, state_key=skey)
-      active = active & ~ts.done
+          tokens=jnp.concatenate([s[0] for s in spans], axis=1),
+          positions=jnp.concatenate([s[1] for s in spans], axis=1),
+          token_mask=jnp.concatenate([s[2] for s in spans], axis=1),
+          loss_mask=jnp.concatenate([s[3] for s in spans], axis=1),
+          logp_old=jnp.concatenate([s[4] for s in spans], axis=1),
+          action=index, allowed=allowed,
+          reward=jnp.where(active, reward, 0.0), valid=active,
+          invalid=active & (ts.invalid | ~parsed), won=moved & ts.won,
+          state_key=skey, parsed=moved)
+      active = active & ~(moved & ts.done)
       return (ctx, state, active), record
 
     (ctx, _, _), rec = jax.lax.scan(turn_fn, (ctx, init_state, attempt_on),
@@ -298,9 +387,9 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
       gen = sampling.generate(
           params, mcfg, jax.random.fold_in(akey, n_turns), ctx.cache,
           ctx.last_logits, ctx.next_pos, max_new_tokens=r_len, sampling=samp,
-          stop_tokens=(layout.eos_id,), pad_id=layout.pad_id)
-      # Rows that write no reflection still went through the decode loop: drop
-      # what they wrote so that nothing downstream can see it.
+          stop_tokens=(layout.eos_id,), pad_id=layout.pad_id, active=reflect)
+      # Rows that write no reflection generate nothing (masked again below
+      # for clarity).
       g_mask = gen.mask & reflect[:, None]
       g_tok = jnp.where(g_mask, gen.tokens, layout.pad_id)
       g_lp = jnp.where(g_mask, gen.logprobs, 0.0)
@@ -315,10 +404,11 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
       mem_r = _store(mem_r, slot, reflect, g_tok)
       mem_rm = _store(mem_rm, slot, reflect, g_mask)
     if layout.uses_history:
-      # "{action}; " for every turn taken, each in a fixed-width slot.
+      # "{action}; " for every turn whose action was played, each in a
+      # fixed-width slot (an unparsable free-form action shows nothing).
       d_tok = disp_t[rec["action"]].reshape(rows, -1)                # [R, T*Ld]
       d_mask = ((jnp.arange(ldisp)[None, None, :] < disp_l[rec["action"]][..., None])
-                & rec["valid"][..., None]).reshape(rows, -1)
+                & rec["parsed"][..., None]).reshape(rows, -1)
       mem_h = _store(mem_h, slot, reflect, d_tok)
       mem_hm = _store(mem_hm, slot, reflect, d_mask)
     mem_v = _store(mem_v, slot, reflect, reflect)

@@ -100,19 +100,37 @@ def eval_seeds(num_tasks: int, offset: int = 0) -> jax.Array:
   return EVAL_SEED_OFFSET + offset + jnp.arange(num_tasks, dtype=jnp.int32)
 
 
-def loss_slots(layout: ContextLayout, train_reflection: bool) -> np.ndarray:
-  """Static slot indices of every generated token of an attempt's row.
+def loss_slot_kinds(layout: ContextLayout,
+                    train_reflection: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Static slot indices of every generated token of an attempt's row, and
+  which of them are constrained action tokens.
 
-  Action tokens of turn t, then the reflection tokens; each generated span
-  directly follows its (always real) prompt piece, so the logits predicting
-  slot s are the model's outputs at slot s - 1.
+  Per turn: its thinking tokens (if any), then its action tokens; then the
+  reflection tokens. Each generated span directly follows its (always real)
+  prompt piece, so the logits predicting slot s are the model's outputs at
+  slot s - 1. Constrained action tokens are scored under the candidate
+  table's prefix mask; all others (thinking, free-form actions,
+  reflections) over the whole vocabulary.
   """
-  idx = [layout.turn_start(t) + layout.turn_prompt_len + np.arange(layout.action_len)
-         for t in range(layout.num_turns)]
+  idx, kind = [], []
+  constrained = layout.action_mode == "constrained"
+  for t in range(layout.num_turns):
+    if layout.thinks:
+      idx.append(layout.turn_start(t) + layout.turn_prompt_len
+                 + np.arange(layout.think_tokens))
+      kind.append(np.zeros(layout.think_tokens, bool))
+    idx.append(layout.action_start(t) + np.arange(layout.action_len))
+    kind.append(np.full(layout.action_len, constrained))
   if layout.uses_reflection and train_reflection:
     idx.append(layout.reflect_start + layout.reflect_prompt_len
                + np.arange(layout.reflection_tokens))
-  return np.concatenate(idx).astype(np.int32)
+    kind.append(np.zeros(layout.reflection_tokens, bool))
+  return np.concatenate(idx).astype(np.int32), np.concatenate(kind)
+
+
+def loss_slots(layout: ContextLayout, train_reflection: bool) -> np.ndarray:
+  """Static slot indices of every generated token (``loss_slot_kinds``)."""
+  return loss_slot_kinds(layout, train_reflection)[0]
 
 
 def policy_logprobs(params, mcfg: llama.ModelConfig, layout: ContextLayout,
@@ -130,30 +148,36 @@ def policy_logprobs(params, mcfg: llama.ModelConfig, layout: ContextLayout,
   codec = layout.codec
   m = batch["tokens"].shape[0]
   t_n, la = layout.num_turns, layout.action_len
-  slots = jnp.asarray(loss_slots(layout, train_reflection))
+  slots_np, constrained = loss_slot_kinds(layout, train_reflection)
+  slots = jnp.asarray(slots_np)
   _, hidden, _ = llama.forward(params, mcfg, batch["tokens"], batch["positions"],
                                token_mask=batch["token_mask"], compute_logits=False)
   logits = llama.lm_head(params, mcfg, hidden[:, slots - 1])        # [M, K, V]
   targets = batch["tokens"][:, slots]
   tmask = batch["token_mask"][:, slots]
-  n_act = t_n * la
-  a_logits = logits[:, :n_act].reshape(m * t_n, la, -1)
-  a_tok = targets[:, :n_act].reshape(m * t_n, la)
-  a_mask = tmask[:, :n_act].reshape(m * t_n, la)
-  allowed = batch["action_allowed"].reshape(m * t_n, -1)
-  a_logp, a_allowed = sampling.action_token_logprobs(
-      a_logits, a_tok, a_mask, jnp.asarray(codec.action_tokens),
-      jnp.asarray(codec.action_lengths), allowed, temperature, return_allowed=True)
-  a_ent = losses.masked_entropy(a_logits, a_allowed, temperature)
-  logp = [a_logp.reshape(m, n_act)]
-  ent = [a_ent.reshape(m, n_act)]
-  if logits.shape[1] > n_act:
-    r_logits = logits[:, n_act:].astype(jnp.float32) / temperature
-    r_lp = jax.nn.log_softmax(r_logits, axis=-1)
-    r_tok = targets[:, n_act:]
-    logp.append(jnp.take_along_axis(r_lp, r_tok[..., None], axis=-1)[..., 0])
-    ent.append(losses.masked_entropy(logits[:, n_act:], None, temperature))
-  return jnp.concatenate(logp, axis=1), jnp.concatenate(ent, axis=1)
+  logp = jnp.zeros(targets.shape, jnp.float32)
+  ent = jnp.zeros(targets.shape, jnp.float32)
+  c_idx, f_idx = np.nonzero(constrained)[0], np.nonzero(~constrained)[0]
+  if c_idx.size:   # T turns x La action tokens, turn-major
+    a_logits = logits[:, c_idx].reshape(m * t_n, la, -1)
+    a_tok = targets[:, c_idx].reshape(m * t_n, la)
+    a_mask = tmask[:, c_idx].reshape(m * t_n, la)
+    allowed = batch["action_allowed"].reshape(m * t_n, -1)
+    a_logp, a_allowed = sampling.action_token_logprobs(
+        a_logits, a_tok, a_mask, jnp.asarray(codec.action_tokens),
+        jnp.asarray(codec.action_lengths), allowed, temperature,
+        return_allowed=True)
+    a_ent = losses.masked_entropy(a_logits, a_allowed, temperature)
+    logp = logp.at[:, c_idx].set(a_logp.reshape(m, -1))
+    ent = ent.at[:, c_idx].set(a_ent.reshape(m, -1))
+  if f_idx.size:   # thinking, free-form actions, reflections: whole vocabulary
+    f_logits = logits[:, f_idx]
+    f_lp = jax.nn.log_softmax(f_logits.astype(jnp.float32) / temperature, axis=-1)
+    f_tok = targets[:, f_idx]
+    logp = logp.at[:, f_idx].set(
+        jnp.take_along_axis(f_lp, f_tok[..., None], axis=-1)[..., 0])
+    ent = ent.at[:, f_idx].set(losses.masked_entropy(f_logits, None, temperature))
+  return logp, ent
 
 
 def trajectory_metrics(traj: Trajectory) -> dict[str, jax.Array]:

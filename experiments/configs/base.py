@@ -58,6 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.rollout.memory = "reflection_only"
   # LaMer cuts a reflection at 2000 characters, about 512 tokens.
   config.rollout.reflection_tokens = 512
+  # "constrained": actions decoded under the candidate table's prefix mask
+  # (always valid); "free": the model writes the action span and a span that
+  # is no allowed candidate costs invalid_penalty and leaves the game as is.
+  config.rollout.action_mode = "constrained"
+  config.rollout.invalid_penalty = -0.1
+  # Free "<think>" tokens before every action (0: none; LaMer's released
+  # scripts let Qwen3 think).
+  config.rollout.think_tokens = 0
   config.rollout.temperature = 1.0
   config.rollout.top_k = 0          # 0: no top-k filter
   config.rollout.top_p = 1.0

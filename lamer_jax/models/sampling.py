@@ -223,6 +223,8 @@ class GenerateOutput:
     mask: bool[B, T], True for generated tokens up to and including the stop
       token.
     lengths: int32[B] number of generated tokens (``mask.sum(1)``).
+    stopped: bool[B] the row ended on a stop token or the stop sequence (not
+      on the budget, and not inactive from the start).
     cache: the cache holding the prompt and all generated tokens.
     last_logits: float32[B, V] logits after each row's last generated token.
     next_positions: int32[B] RoPE position of each row's next token.
@@ -232,6 +234,7 @@ class GenerateOutput:
   logprobs: jax.Array
   mask: jax.Array
   lengths: jax.Array
+  stopped: jax.Array
   cache: llama.KVCache
   last_logits: jax.Array
   next_positions: jax.Array
@@ -246,21 +249,24 @@ def _decode_step(params, cfg, cache, token, position, active):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("cfg", "max_new_tokens", "sampling", "stop_tokens", "pad_id"),
+    static_argnames=("cfg", "max_new_tokens", "sampling", "stop_tokens",
+                     "stop_sequence", "pad_id"),
     donate_argnames=("cache",))
 def generate(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
              cache: llama.KVCache, last_logits: jax.Array,
              next_positions: jax.Array, *, max_new_tokens: int,
              sampling: SamplingConfig = SamplingConfig(),
              stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
-             ) -> GenerateOutput:
+             stop_sequence: tuple[int, ...] = (),
+             active: jax.Array | None = None) -> GenerateOutput:
   """Samples up to ``max_new_tokens`` tokens per row, stopping rows independently.
 
-  A row stops after emitting any of ``stop_tokens`` (the stop token is kept:
-  it is written to the cache and counted in ``mask``); the loop ends early when
-  every row has stopped. Each step writes one cache slot for the whole batch,
-  so the cache needs ``max_new_tokens`` free slots and ``cache.index``
-  advances by the number of steps run (``lengths.max()``).
+  A row stops after emitting any of ``stop_tokens``, or once its last tokens
+  spell ``stop_sequence`` (e.g. the tokens of ``"</action>"``); the stop
+  tokens are kept: written to the cache and counted in ``mask``. The loop
+  ends early when every row has stopped. Each step writes one cache slot for
+  the whole batch, so the cache needs ``max_new_tokens`` free slots and
+  ``cache.index`` advances by the number of steps run (``lengths.max()``).
 
   Args:
     params, cfg: the model.
@@ -272,6 +278,10 @@ def generate(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
     sampling: static sampling settings.
     stop_tokens: static tuple of token ids that end a row.
     pad_id: token id written where ``mask`` is False.
+    stop_sequence: static token ids whose appearance (as the row's latest
+      tokens, contiguously) ends a row.
+    active: optional bool[B]: rows that generate at all (others write
+      nothing and do not keep the loop running).
 
   Returns:
     A :class:`GenerateOutput`.
@@ -283,13 +293,15 @@ def generate(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
                      f"{max_new_tokens}")
   t_max = max_new_tokens
   stops = jnp.asarray(stop_tokens, jnp.int32).reshape(-1)
+  seq = jnp.asarray(stop_sequence, jnp.int32).reshape(-1)
+  n_seq = max(1, len(stop_sequence))
 
   def cond(carry):
     t, _, _, _, active, *_ = carry
     return (t < t_max) & jnp.any(active)
 
   def body(carry):
-    t, cache, logits, pos, active, tokens, logprobs, mask = carry
+    t, cache, logits, pos, active, stopped, window, tokens, logprobs, mask = carry
     tok, lp = sample_token(jax.random.fold_in(key, t), logits, sampling)
     tok = jnp.where(active, tok, pad_id)
     new_logits, cache = _decode_step(params, cfg, cache, tok, pos, active)
@@ -299,18 +311,27 @@ def generate(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
         logprobs, jnp.where(active, lp, 0.0)[:, None], (0, t))
     mask = jax.lax.dynamic_update_slice(mask, active[:, None], (0, t))
     pos = pos + active.astype(jnp.int32)
-    active = active & ~jnp.any(tok[:, None] == stops[None, :], axis=1)
-    return t + 1, cache, logits, pos, active, tokens, logprobs, mask
+    stop = jnp.any(tok[:, None] == stops[None, :], axis=1)
+    if stop_sequence:
+      window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
+      stop = stop | jnp.all(window == seq[None, :], axis=1)
+    stopped = stopped | (active & stop)
+    active = active & ~stop
+    return (t + 1, cache, logits, pos, active, stopped, window, tokens, logprobs,
+            mask)
 
+  active = (jnp.ones((b,), jnp.bool_) if active is None
+            else jnp.asarray(active, jnp.bool_))
   carry = (jnp.zeros((), jnp.int32), cache, last_logits.astype(jnp.float32),
-           next_positions.astype(jnp.int32), jnp.ones((b,), jnp.bool_),
+           next_positions.astype(jnp.int32), active, jnp.zeros((b,), jnp.bool_),
+           jnp.full((b, n_seq), -1, jnp.int32),
            jnp.full((b, t_max), pad_id, jnp.int32),
            jnp.zeros((b, t_max), jnp.float32), jnp.zeros((b, t_max), jnp.bool_))
-  _, cache, logits, pos, _, tokens, logprobs, mask = jax.lax.while_loop(
+  _, cache, logits, pos, _, stopped, _, tokens, logprobs, mask = jax.lax.while_loop(
       cond, body, carry)
   return GenerateOutput(tokens=tokens, logprobs=logprobs, mask=mask,
-                        lengths=mask.sum(axis=1, dtype=jnp.int32), cache=cache,
-                        last_logits=logits, next_positions=pos)
+                        lengths=mask.sum(axis=1, dtype=jnp.int32), stopped=stopped,
+                        cache=cache, last_logits=logits, next_positions=pos)
 
 
 # ----------------------------------------------------------------------------
@@ -431,6 +452,33 @@ def decode_action(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
   return ActionOutput(index=index, tokens=tokens, token_logprobs=logprobs,
                       logprob=logprobs.sum(axis=1), mask=mask, cache=cache,
                       last_logits=logits, next_positions=pos)
+
+
+def match_action(tokens: jax.Array, mask: jax.Array, table_tokens: jax.Array,
+                 table_lengths: jax.Array, action_mask: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Parses free-form action spans by exact token match with the candidates.
+
+  Args:
+    tokens: int32[B, L] generated spans; mask: bool[B, L] their real tokens
+      (a prefix of each row).
+    table_tokens, table_lengths: the candidate table (``[A, La]``, ``[A]``).
+    action_mask: bool[B, A] the candidates allowed in each row.
+
+  Returns:
+    (int32[B] index of the matching allowed candidate, 0 where none;
+    bool[B] whether one matched).
+  """
+  la = table_tokens.shape[1]
+  length = mask.sum(axis=1)
+  if tokens.shape[1] < la:
+    tokens = jnp.pad(tokens, ((0, 0), (0, la - tokens.shape[1])))
+  tokens = tokens[:, :la]
+  beyond = jnp.arange(la)[None, :] >= table_lengths[:, None]          # [A, La]
+  same = (tokens[:, None, :] == table_tokens[None]) | beyond[None]
+  match = (jnp.all(same, axis=2) & (length[:, None] == table_lengths[None, :])
+           & action_mask)
+  return jnp.argmax(match, axis=1).astype(jnp.int32), jnp.any(match, axis=1)
 
 
 def action_token_logprobs(logits: jax.Array, action_tokens: jax.Array,
