@@ -9,6 +9,12 @@ token sequences (not necessarily the tokenizer's own segmentation of the whole
 string, but it decodes to exactly the same text), which is what makes a static,
 jittable encoder possible.
 
+When the game declares ``symbol_slots`` (which symbols each rendering position
+can hold), most of a rendering's token layout is known before it is drawn, and
+``encode`` takes a fast path built from static slices (see ``_SlotLayout``);
+renderings that do not follow the slots fall back to the general algorithm, so
+the result never depends on the path taken.
+
 ``ByteTokenizer`` is a tokenizer without a vocabulary file (UTF-8 bytes plus a
 few special tokens) for tiny from-scratch models and fast tests.
 """
@@ -16,6 +22,7 @@ few special tokens) for tiny from-scratch models and fast tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -188,6 +195,8 @@ class TextCodec:
     tokenizer: the tokenizer (host side only: ``decode``).
     max_tokens: L, capacity of ``encode``'s buffer: the longest rendering's
       token count, bounded per position by ``symbol_slots`` when given.
+    symbol_slots: the ``symbol_slots`` the codec was built with (or None);
+      they enable ``encode``'s fast path.
   """
 
   symbol_tokens: np.ndarray
@@ -201,6 +210,7 @@ class TextCodec:
   action_strings: tuple[str, ...]
   action_terminator: str = ""
   max_tokens: int = 0
+  symbol_slots: tuple[tuple[int, ...], ...] | None = None
 
   @classmethod
   def from_tokenizer(cls, tokenizer, symbols: Sequence[str],
@@ -244,7 +254,9 @@ class TextCodec:
                tokenizer=tokenizer, symbols=tuple(symbols),
                action_strings=tuple(action_strings),
                action_terminator=action_terminator,
-               max_tokens=_capacity(sym_l, int(max_symbols), symbol_slots))
+               max_tokens=_capacity(sym_l, int(max_symbols), symbol_slots),
+               symbol_slots=(None if symbol_slots is None else
+                             tuple(tuple(int(i) for i in ids) for ids in symbol_slots)))
 
   @classmethod
   def for_env(cls, tokenizer, env, action_terminator: str = "") -> "TextCodec":
@@ -260,8 +272,18 @@ class TextCodec:
   def encode(self, symbol_ids: jax.Array) -> TokenBuffer:
     """int32[S] symbol ids (-1 padded) -> TokenBuffer of capacity max_tokens.
 
-    Jittable; vmap it for batches.
+    Jittable; vmap it for batches. With ``symbol_slots``, a batch whose
+    renderings all follow the slots takes the fast path of ``_SlotLayout``;
+    any other batch (or a codec without slots) takes ``_encode_any``. Both
+    give the same tokens.
     """
+    if self._slot_encoder is None:
+      return self._encode_any(symbol_ids)
+    ids, length = self._slot_encoder(symbol_ids)
+    return TokenBuffer(ids=ids, length=length)
+
+  def _encode_any(self, symbol_ids: jax.Array) -> TokenBuffer:
+    """The general encoder: any symbol at any position, -1 anywhere."""
     width = self.symbol_tokens.shape[1]
     cap = self.max_tokens
     valid = symbol_ids >= 0
@@ -279,6 +301,48 @@ class TextCodec:
     ids = jnp.where(slot < total, toks, self.pad_id).astype(jnp.int32)
     return TokenBuffer(ids=ids, length=total.astype(jnp.int32))
 
+  @functools.cached_property
+  def _slot_encoder(self):
+    """custom_vmap'd (ids, length) encoder using ``_SlotLayout``, or None."""
+    if self.symbol_slots is None:
+      return None
+    layout = _SlotLayout.build(self.symbol_tokens, self.symbol_lengths,
+                               self.symbol_slots, self.pad_id)
+    if layout is None or layout.capacity != self.max_tokens:
+      return None
+
+    def batched(symbol_ids):
+      """[B, S] -> ([B, L], [B]); one path for the whole batch."""
+      rows = symbol_ids.T                                # [S, B]
+      branch = jnp.max(layout.branch(rows))
+
+      def general(symbol_ids):
+        buf = jax.vmap(self._encode_any)(symbol_ids)
+        return buf.ids, buf.length
+
+      def fast(extra):
+        def run(symbol_ids):
+          ids, length = layout.encode_rows(symbol_ids.T, extra)
+          return ids.T, length
+        return run
+
+      branches = [fast(k) for k in layout.extra_buckets] + [general]
+      return jax.lax.switch(branch, branches, symbol_ids)
+
+    @jax.custom_batching.custom_vmap
+    def encode(symbol_ids):
+      ids, length = batched(symbol_ids[None])
+      return ids[0], length[0]
+
+    @encode.def_vmap
+    def encode_vmap(axis_size, in_batched, symbol_ids):
+      del axis_size
+      if not in_batched[0]:
+        return encode(symbol_ids), (False, False)
+      return batched(symbol_ids), (True, True)
+
+    return encode
+
   def decode(self, buffer: TokenBuffer) -> str:
     """Host side: the text of an (unbatched) buffer."""
     ids = np.asarray(jax.device_get(buffer.ids))
@@ -287,6 +351,164 @@ class TextCodec:
 
   def action_text(self, index: int) -> str:
     return self.action_strings[int(index)]
+
+
+# Numbers of extra tokens (see ``_SlotLayout``) the fast path is compiled
+# for; a batch needing more takes the general path.
+_EXTRA_BUCKETS = (0, 1, 2, 4, 8)
+
+
+class _SlotLayout:
+  """The static token layout of renderings that follow ``symbol_slots``.
+
+  Position p holds a symbol of its slot, whose token count lies in
+  [lo_p, hi_p]. The *base* of a rendering is every position cut to its first
+  lo_p tokens: its layout is static (position p starts at lo_0 + ... +
+  lo_{p-1}), positions with a single possible symbol are constants, and the
+  others are table lookups. The remaining *extra* tokens (of positions whose
+  symbol is longer than lo_p) are inserted into the base: the k-th extra
+  token overall, token lo_p + i of position p, lands at output index
+  ``after_p + k`` (``after_p``: the base index right after p's base tokens),
+  and every base token moves right by the number of extra tokens inserted
+  before it. Renderings usually carry no or few extra tokens (a Sokoban box
+  on a target, "√", is two SmolLM2 tokens where every other cell is one), so
+  a batch needs one of a few static insertion counts (``extra_buckets``).
+
+  Everything works on [positions, batch] rows, so that every operation is a
+  static slice, a row gather or elementwise over the batch.
+  """
+
+  def __init__(self, tokens: np.ndarray, lengths: np.ndarray,
+               slots: Sequence[Sequence[int]], pad_id: int):
+    tokens = np.asarray(tokens, np.int32)
+    lengths = np.asarray(lengths, np.int32)
+    lo = np.array([min(lengths[i] for i in ids) for ids in slots], np.int32)
+    hi = np.array([max(lengths[i] for i in ids) for ids in slots], np.int32)
+    start = np.concatenate([[0], np.cumsum(lo)[:-1]]).astype(np.int32)
+    self.tokens, self.lengths, self.pad_id = tokens, lengths, int(pad_id)
+    self.num_positions = len(slots)
+    self.capacity = int(hi.sum())
+    self.base_length = int(lo.sum())
+    single = np.array([len(set(ids)) == 1 for ids in slots])
+    self.const_pos = np.flatnonzero(single)
+    self.const_sym = np.array([slots[p][0] for p in self.const_pos], np.int32)
+    self.var_pos = np.flatnonzero(~single)
+    self.var_lo, self.var_hi = lo[self.var_pos], hi[self.var_pos]
+    # Base token b is constant base_const_tok[b], or token base_k[b] of the
+    # symbol at var position base_var[b] (an index into var_pos).
+    var_index = {int(p): v for v, p in enumerate(self.var_pos)}
+    n = self.base_length
+    self.base_is_const = np.zeros(n, bool)
+    self.base_const_tok = np.zeros(n, np.int32)
+    self.base_var = np.zeros(n, np.int32)
+    self.base_k = np.zeros(n, np.int32)
+    for p, ids in enumerate(slots):
+      for k in range(lo[p]):
+        b = start[p] + k
+        if single[p]:
+          self.base_is_const[b] = True
+          self.base_const_tok[b] = tokens[ids[0], k]
+        else:
+          self.base_var[b], self.base_k[b] = var_index[p], k
+    # Positions that can carry extra tokens.
+    grow = hi > lo
+    self.ext_var = np.array([var_index[int(p)] for p in np.flatnonzero(grow)],
+                            np.int32)
+    self.ext_lo = lo[grow]
+    self.ext_after = (start + lo)[grow]
+    max_extra = int((hi - lo).sum())
+    self.extra_buckets = tuple(sorted({min(k, max_extra) for k in _EXTRA_BUCKETS}))
+
+  @classmethod
+  def build(cls, tokens, lengths, slots, pad_id) -> "_SlotLayout | None":
+    """The layout, or None when some slot symbol has no tokens (the insertion
+    scheme needs lo_p >= 1 for distinct insertion points)."""
+    lengths = np.asarray(lengths)
+    if any(lengths[i] < 1 for ids in slots for i in ids):
+      return None
+    return cls(tokens, lengths, slots, pad_id)
+
+  def branch(self, rows: jax.Array) -> jax.Array:
+    """int32[B]: per rendering, the index into ``extra_buckets`` of the
+    smallest count that fits its extra tokens, or ``len(extra_buckets)`` when
+    it does not follow the slots (padding, a symbol outside its slot, or more
+    extra tokens than the largest bucket).
+
+    Args:
+      rows: int32[S, B] symbol ids, one column per rendering.
+    """
+    num_symbols = self.tokens.shape[0]
+    ok = jnp.all((rows >= 0) & (rows < num_symbols), axis=0)
+    if self.const_pos.size:
+      ok &= jnp.all(rows[self.const_pos] == self.const_sym[:, None], axis=0)
+    extra = jnp.zeros(rows.shape[1:], jnp.int32)
+    if self.var_pos.size:
+      var = jnp.clip(rows[self.var_pos], 0, num_symbols - 1)
+      lens = jnp.asarray(self.lengths)[var]
+      ok &= jnp.all((lens >= self.var_lo[:, None]) & (lens <= self.var_hi[:, None]),
+                    axis=0)
+      extra = jnp.sum(lens - self.var_lo[:, None], axis=0)
+    buckets = jnp.asarray(self.extra_buckets, jnp.int32)
+    index = jnp.sum((extra[None, :] > buckets[:, None]).astype(jnp.int32), axis=0)
+    return jnp.where(ok, index, len(self.extra_buckets)).astype(jnp.int32)
+
+  def encode_rows(self, rows: jax.Array, num_extra: int):
+    """Fast encoding of renderings that follow the slots.
+
+    Args:
+      rows: int32[S, B] symbol ids, every column following the slots with at
+        most ``num_extra`` extra tokens.
+      num_extra: static bound on the extra tokens of any column.
+
+    Returns:
+      (int32[L, B] token ids, int32[B] lengths).
+    """
+    batch = rows.shape[1:]
+    width = self.tokens.shape[1]
+    flat = jnp.asarray(self.tokens.reshape(-1))
+    var = rows[self.var_pos] if self.var_pos.size else None      # [V, B]
+    # The base: constants, and token base_k of the symbol at base_var.
+    if self.var_pos.size:
+      looked_up = flat[var[self.base_var] * width + self.base_k[:, None]]
+      base = jnp.where(self.base_is_const[:, None], self.base_const_tok[:, None],
+                       looked_up)
+    else:
+      base = jnp.broadcast_to(self.base_const_tok[:, None], (self.base_length,) + batch)
+    pad_rows = lambda n: jnp.full((n,) + batch, self.pad_id, jnp.int32)
+    if num_extra == 0 or not self.ext_var.size:
+      ids = jnp.concatenate([base.astype(jnp.int32), pad_rows(self.capacity - self.base_length)])
+      return ids, jnp.full(batch, self.base_length, jnp.int32)
+    # Extra tokens: ext_sym holds the symbols of the positions that can grow.
+    ext_sym = var[self.ext_var]                                   # [E, B]
+    ext = jnp.asarray(self.lengths)[ext_sym] - self.ext_lo[:, None]
+    last = jnp.cumsum(ext, axis=0)                                # inclusive
+    first = last - ext
+    total = self.base_length + last[-1]
+    slot = jnp.arange(self.capacity)[:, None]                     # [L, 1]
+    inserted_before = jnp.zeros((self.capacity,) + batch, jnp.int32)
+    insert_at, insert_tok = [], []
+    for k in range(num_extra):
+      # The k-th extra token is token lo + (k - first) of the one position
+      # whose extra tokens span [first, last) around k.
+      mine = (first <= k) & (k < last)                            # [E, B]
+      pick = lambda x: jnp.sum(jnp.where(mine, x, 0), axis=0)
+      sym = pick(ext_sym)
+      k_in_symbol = pick(self.ext_lo[:, None] + k - first)
+      at = jnp.where(k < last[-1], pick(self.ext_after[:, None]) + k, self.capacity)
+      insert_at.append(at)
+      insert_tok.append(flat[sym * width + k_in_symbol])
+      inserted_before += (at[None] < slot).astype(jnp.int32)
+    # Base token b lands at b + (extra tokens inserted before it).
+    padded = jnp.concatenate([pad_rows(num_extra), base.astype(jnp.int32),
+                              pad_rows(self.capacity - self.base_length)])
+    ids = padded[num_extra:]
+    for d in range(1, num_extra + 1):
+      ids = jnp.where(inserted_before == d,
+                      padded[num_extra - d:num_extra - d + self.capacity], ids)
+    for at, tok in zip(insert_at, insert_tok):
+      ids = jnp.where(slot == at[None], tok[None], ids)
+    ids = jnp.where(slot < total[None], ids, self.pad_id)
+    return ids.astype(jnp.int32), total.astype(jnp.int32)
 
 
 def check_prefix_free(table_tokens: np.ndarray, table_lengths: np.ndarray,

@@ -284,7 +284,7 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
     p_mask = p_mask & attempt_on[:, None]
     ctx, p_pos = _feed(params, mcfg, ctx, p_tok, p_mask)
 
-    def turn_fn(tc, t):
+    def play_turn(tc, t):
       ctx, state, active = tc
       obs = render(state)
       chunk = jnp.concatenate([_const(layout.turn_end, rows),
@@ -353,8 +353,19 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
       active = active & ~(moved & ts.done)
       return (ctx, state, active), record
 
-    (ctx, _, _), rec = jax.lax.scan(turn_fn, (ctx, init_state, attempt_on),
-                                    jnp.arange(n_turns))
+    tc0 = (ctx, init_state, attempt_on)
+    record_shapes = jax.eval_shape(lambda c: play_turn(c, 0)[1], tc0)
+
+    def turn_fn(tc, t):
+      # A turn no row plays (every attempt in the batch has ended: solved,
+      # lost, or masked) is skipped at run time; its record is all holes,
+      # which is what playing it fully masked would record.
+      def skip(tc):
+        return tc, {k: jnp.full(s.shape, layout.pad_id if k == "tokens" else 0,
+                                s.dtype) for k, s in record_shapes.items()}
+      return jax.lax.cond(jnp.any(tc[2]), lambda c: play_turn(c, t), skip, tc)
+
+    (ctx, _, _), rec = jax.lax.scan(turn_fn, tc0, jnp.arange(n_turns))
     rec = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rec)   # [R, T, ...]
     won = jnp.any(rec["won"], axis=1)
     turn_ids = jnp.where(rec["loss_mask"], jnp.arange(n_turns)[None, :, None],
