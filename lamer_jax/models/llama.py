@@ -59,6 +59,11 @@ class ModelConfig:
   max_position: int = 8192
   dtype: str = "float32"            # compute dtype; parameters stay float32
   remat: bool = False               # rematerialise each block in the backward pass
+  # Queries per attention block for long chunks (0: one block). A chunk of L
+  # queries over S keys then holds [B, H, block, S] scores at a time instead
+  # of [B, H, L, S], in the forward and (each block rematerialised) in the
+  # backward: what a training row of thousands of slots needs.
+  attention_block: int = 512
   name: str = "llama"
 
   def __post_init__(self):
@@ -157,9 +162,25 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
   return out.astype(x.dtype)
 
 
-def _attention(q, k, v, mask, dtype):
-  """q: [B, L, H, hd]; k, v: [B, S, K, hd]; mask: bool[B, L, S] -> [B, L, H*hd]."""
+def _attention(q, k, v, mask, dtype, block: int = 0):
+  """q: [B, L, H, hd]; k, v: [B, S, K, hd]; mask: bool[B, L, S] -> [B, L, H*hd].
+
+  With ``0 < block < L`` the queries go through in blocks of ``block`` (a
+  ``lax.map`` of rematerialised blocks; the last block padded): the same
+  numbers, with the score tensor bounded by the block.
+  """
   b, l, h, hd = q.shape
+  if 0 < block < l:
+    n = -(-l // block)
+    pad = n * block - l
+    qb = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mb = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+    qb = jnp.moveaxis(qb.reshape(b, n, block, h, hd), 1, 0)
+    mb = jnp.moveaxis(mb.reshape(b, n, block, mask.shape[-1]), 1, 0)
+    one = jax.checkpoint(lambda xs: _attention(xs[0], k, v, xs[1], dtype),
+                         prevent_cse=False)
+    out = jax.lax.map(one, (qb, mb))                       # [n, B, block, H*hd]
+    return jnp.moveaxis(out, 0, 1).reshape(b, n * block, h * hd)[:, :l]
   kv = k.shape[2]
   q = q.reshape(b, l, kv, h // kv, hd)
   scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
@@ -198,7 +219,8 @@ def _block(cfg: ModelConfig, x, layer, positions, attend_mask, kv_in):
     values = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
                                           (0, index, 0, 0))
     kv_out = (keys, values)
-  attn = _attention(q, keys.astype(dt), values.astype(dt), attend_mask, dt)
+  attn = _attention(q, keys.astype(dt), values.astype(dt), attend_mask, dt,
+                    cfg.attention_block)
   x = x + attn @ w["wo"]
   h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   x = x + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
