@@ -18,9 +18,11 @@ only ever shows what an honest player could see, and the attempt is over then.
 The observation text is one line per row, e.g. ``"Row 1: ? . 1 ? ? ?\\n"``.
 
 Speed: the flood fill (a ``lax.while_loop``) runs once per board, in
-``reset``, where it labels the 8-connected regions of zero cells; ``step`` then
-finds a click's cascade with one comparison and one 3x3 dilation, without a
-loop, so a batched step costs the same whatever the cascades' sizes.
+``reset``, where it labels the 8-connected regions of zero cells and gives
+every cell a bit mask of the cascades it belongs to (``cascade_masks``);
+``step`` then reads the clicked cell and opens its cascade with one AND per
+cell, without a loop or a dilation, so a batched step costs the same whatever
+the cascades' sizes.
 """
 
 from __future__ import annotations
@@ -78,15 +80,15 @@ class MineSweeperParams:
 
 @struct.dataclass
 class MineSweeperState:
-  """One attempt's state (all boolean / int32 arrays are ``[H, W]``).
+  """One attempt's state.
 
   Attributes:
     mines: bool[H, W], where the mines are.
     counts: int32[H, W], mines among each cell's 8 neighbours (the cell itself
       excluded; also defined on mine cells, where it is never shown).
-    regions: int32[H, W], for each safe cell with count 0 the label of its
-      8-connected region of such cells (the smallest row-major index in it);
-      -1 elsewhere. A function of ``mines`` only, computed once per board.
+    cascades: uint32[H, W, K], per cell a bit mask of the cascades that open
+      it (see ``cascade_masks``). A function of ``mines`` only, computed once
+      per board.
     revealed: bool[H, W], opened cells (never a mine).
     steps: int32 turns taken in this attempt.
     done: bool, the attempt is over.
@@ -96,7 +98,7 @@ class MineSweeperState:
 
   mines: jax.Array
   counts: jax.Array
-  regions: jax.Array
+  cascades: jax.Array
   revealed: jax.Array
   steps: jax.Array
   done: jax.Array
@@ -164,6 +166,35 @@ def cascade(regions: jax.Array, click: jax.Array) -> jax.Array:
   # No mine borders a zero cell, so the dilation never reaches a mine.
   region = (regions == label) & (label >= 0)
   return click | _dilate(region)
+
+
+def num_mask_words(height: int, width: int) -> int:
+  """uint32 words per cell of ``cascade_masks``: one bit per 2x2 block."""
+  return -(-(-(-height // 2) * -(-width // 2)) // 32)
+
+
+def cascade_masks(regions: jax.Array) -> jax.Array:
+  """uint32[H, W, K]: for each cell, which cascades open it.
+
+  A cascade is a region of zero cells (``zero_regions``) plus its border; it
+  gets bit ``b`` of word ``k`` (``32 * k + b`` is the index of the 2x2 block
+  holding the region's label cell: two cells of one 2x2 block are adjacent,
+  so distinct regions get distinct bits). Cell c has the bit of every
+  cascade it belongs to: a zero cell exactly its own region's bit, a
+  numbered cell the bits of the regions around it. Opening zero cell z opens
+  the cells that share a bit with z (what ``cascade`` computes by dilation).
+  """
+  h, w = regions.shape
+  words = num_mask_words(h, w)
+  label = jnp.maximum(regions, 0)
+  block = (label // w // 2) * -(-w // 2) + (label % w) // 2
+  word = jnp.arange(words)[None, None, :]
+  own = jnp.where((regions >= 0)[..., None] & (block[..., None] // 32 == word),
+                  jnp.uint32(1) << (block[..., None] % 32).astype(jnp.uint32),
+                  jnp.uint32(0))                                  # [H, W, K]
+  p = jnp.pad(own, ((1, 1), (1, 1), (0, 0)))
+  return functools.reduce(
+      jnp.bitwise_or, [p[dr:dr + h, dc:dc + w] for dr in range(3) for dc in range(3)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,8 +299,8 @@ class MineSweeper(Environment):
     counts = adjacent_counts(mines)
     false = jnp.zeros((), jnp.bool_)
     return MineSweeperState(
-        mines=mines, counts=counts, regions=zero_regions(counts, mines),
-        revealed=revealed,
+        mines=mines, counts=counts,
+        cascades=cascade_masks(zero_regions(counts, mines)), revealed=revealed,
         steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false)
 
   def _draw_board(self, key: jax.Array, num_mines: jax.Array):
@@ -282,9 +313,8 @@ class MineSweeper(Environment):
     scores = jax.random.uniform(k_mines, (hw,)).at[first].set(2.0)
     rank = jnp.argsort(jnp.argsort(scores))
     mines = (rank < num_mines).reshape(self.height, self.width)
-    click = (jnp.arange(hw) == first).reshape(self.height, self.width)
     state = self.state_from_board(mines, jnp.zeros_like(mines))
-    return state.replace(revealed=cascade(state.regions, click))
+    return state.replace(revealed=self._opened(state, first))
 
   # ---- dynamics --------------------------------------------------------------
   def reset(self, key: jax.Array, params: MineSweeperParams):
@@ -313,6 +343,16 @@ class MineSweeper(Environment):
     _, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), first))
     return state, TimeStep.first()
 
+  def _opened(self, state: MineSweeperState, cell: jax.Array) -> jax.Array:
+    """bool[H, W]: the cells that opening safe cell ``cell`` (flat index in
+    range) opens: the cell, plus its cascade when it has no adjacent mine."""
+    h, w = self.height, self.width
+    masks = state.cascades.reshape(h * w, -1)
+    zero = (state.counts.reshape(-1)[cell] == 0) & ~state.mines.reshape(-1)[cell]
+    bits = jnp.where(zero, masks[cell], jnp.uint32(0))            # [K]
+    hit = jnp.any((masks & bits) != 0, axis=1)
+    return (hit | (jnp.arange(h * w) == cell)).reshape(h, w)
+
   def step(self, state: MineSweeperState, action: jax.Array,
            params: MineSweeperParams):
     """Opens the cell ``action`` (int32 in [0, H*W), row-major).
@@ -326,16 +366,20 @@ class MineSweeper(Environment):
     h, w = self.height, self.width
     action = jnp.asarray(action, jnp.int32)
     in_range = (action >= 0) & (action < h * w)
-    click = (jnp.arange(h * w) == action).reshape(h, w)  # empty if out of range
-
-    effective = in_range & ~jnp.any(click & state.revealed)
-    lost = effective & jnp.any(click & state.mines)
+    cell = jnp.clip(action, 0, h * w - 1)
+    hidden = ~state.revealed
+    effective = in_range & hidden.reshape(-1)[cell]
+    lost = effective & state.mines.reshape(-1)[cell]
     opens = effective & ~lost
-    revealed = jnp.where(
-        opens, state.revealed | cascade(state.regions, click),
-        state.revealed)
-    num_opened = jnp.sum(revealed) - jnp.sum(state.revealed)
-    won = opens & jnp.all(revealed | state.mines)
+    new = self._opened(state, cell) & hidden & opens
+    # Newly opened cells and safe cells hidden before the click, from one
+    # float reduction (exact: both counts are at most H * W).
+    big = h * w + 1
+    counts = jnp.sum(jnp.where(new, 1, 0) + jnp.where(hidden & ~state.mines, big, 0),
+                     dtype=jnp.float32).astype(jnp.int32)
+    num_opened, safe_hidden = counts % big, counts // big
+    revealed = state.revealed | new
+    won = opens & (num_opened == safe_hidden)
     steps = state.steps + 1
     truncated = ~(won | lost) & (steps >= self.max_turns)
     done = won | lost | truncated

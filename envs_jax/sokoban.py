@@ -430,6 +430,10 @@ class Sokoban(Environment):
     moves). ``TimeStep.invalid`` means no move of the turn changed the board.
     Stepping a finished attempt returns it unchanged, reward 0, and
     ``invalid=False`` (nothing was attempted).
+
+    Speed: the win and deadlock tests keep two counts up to date (boxes off
+    target, boxes in a dead corner; a push changes each by at most one)
+    instead of scanning the board after every move.
     """
     h, w = self.height, self.width
     offsets = self._offsets()
@@ -437,9 +441,10 @@ class Sokoban(Environment):
     dead_cells = corner_mask(state.walls).ravel() & ~targets
     live = ~state.done
     last_cell = h * w - 1
+    as_int = lambda x: x.astype(jnp.int32)
 
     def move(carry, d):
-      boxes, player, moves, won, dead, reward, changed = carry
+      boxes, player, moves, won, dead, off_target, in_corner, reward, changed = carry
       active = live & (d >= 0) & ~won & ~dead & (moves < self.max_moves)
       delta = offsets[jnp.maximum(d, 0)]
       # Clipping only matters when nxt is a ring wall: then nothing moves.
@@ -452,22 +457,32 @@ class Sokoban(Environment):
       boxes = boxes.at[nxt].set(box_next & ~pushed)
       boxes = boxes.at[beyond].set(boxes[beyond] | pushed)
       player = jnp.where(go, nxt, player)
-      solved = active & jnp.all(targets | ~boxes)
-      stuck = active & ~solved & jnp.any(boxes & dead_cells)
+      onto = pushed & targets[beyond]
+      off = pushed & targets[nxt]
+      off_target = off_target + as_int(off) - as_int(onto)
+      in_corner = (in_corner + as_int(pushed & dead_cells[beyond])
+                   - as_int(pushed & dead_cells[nxt]))
+      solved = active & (off_target == 0)
+      stuck = active & ~solved & (in_corner > 0)
       r = (jnp.where(active, params.step_penalty, 0.0)
-           + jnp.where(pushed & targets[beyond], params.box_on_target, 0.0)
-           + jnp.where(pushed & targets[nxt], params.box_off_target, 0.0)
+           + jnp.where(onto, params.box_on_target, 0.0)
+           + jnp.where(off, params.box_off_target, 0.0)
            + jnp.where(solved, params.solved_reward, 0.0))
-      return (boxes, player, moves + active.astype(jnp.int32), won | solved,
-              dead | stuck, reward + r, changed | go), None
+      return (boxes, player, moves + as_int(active), won | solved, dead | stuck,
+              off_target, in_corner, reward + r, changed | go), None
 
     seq = jnp.asarray(self._action_table)[action]
     false = jnp.zeros((), jnp.bool_)
-    init = (state.boxes.ravel(), state.player[0] * w + state.player[1],
-            state.moves, state.won, false, jnp.zeros((), jnp.float32), false)
-    (boxes, player, moves, won, dead, reward, changed), _ = jax.lax.scan(
+    boxes = state.boxes.ravel()
+    # Both counts from one float reduction (exact: at most H * W each).
+    big = h * w + 1
+    counts = jnp.sum(jnp.where(boxes, as_int(~targets) + big * as_int(dead_cells), 0)
+                     .astype(jnp.float32)).astype(jnp.int32)
+    init = (boxes, state.player[0] * w + state.player[1], state.moves, state.won,
+            false, counts % big, counts // big, jnp.zeros((), jnp.float32), false)
+    (boxes, player, moves, won, dead, _, _, reward, changed), _ = jax.lax.scan(
         move, init, seq)
-    turns = state.turns + live.astype(jnp.int32)
+    turns = state.turns + as_int(live)
     ended = won | dead
     truncated = live & ~ended & ((turns >= self.max_turns) |
                                  (moves >= self.max_moves))
@@ -475,7 +490,9 @@ class Sokoban(Environment):
     done = state.done | ended | truncated
     new = state.replace(
         boxes=boxes.reshape(h, w),
-        player=jnp.stack([player // w, player % w]).astype(jnp.int32),
+        # Row and column without a stack (which XLA lays out transposed
+        # under vmap, a slow copy on CPU).
+        player=(player // jnp.array([w, 1], jnp.int32)) % jnp.array([h, w], jnp.int32),
         turns=turns, moves=moves, done=done, won=won, truncated=truncated)
     ts = TimeStep(reward=reward.astype(jnp.float32), done=done, won=won,
                   truncated=truncated, invalid=live & ~changed, steps=turns)

@@ -313,21 +313,22 @@ class TextCodec:
 
     def batched(symbol_ids):
       """[B, S] -> ([B, L], [B]); one path for the whole batch."""
-      rows = symbol_ids.T                                # [S, B]
-      branch = jnp.max(layout.branch(rows))
+      branch = jnp.max(layout.branch(symbol_ids))
+      general = branch == len(layout.extra_buckets)
+      # The base is the output of its own conditional: an input of the
+      # insertion step, not fused into (and recomputed by) each read of it.
+      base = jax.lax.cond(
+          general, lambda x: jnp.zeros((x.shape[0], layout.capacity), jnp.int32),
+          layout.base, symbol_ids)
 
-      def general(symbol_ids):
+      def any_rendering(symbol_ids, base):
+        del base
         buf = jax.vmap(self._encode_any)(symbol_ids)
         return buf.ids, buf.length
 
-      def fast(extra):
-        def run(symbol_ids):
-          ids, length = layout.encode_rows(symbol_ids.T, extra)
-          return ids.T, length
-        return run
-
-      branches = [fast(k) for k in layout.extra_buckets] + [general]
-      return jax.lax.switch(branch, branches, symbol_ids)
+      branches = [functools.partial(layout.assemble, num_extra=k)
+                  for k in layout.extra_buckets] + [any_rendering]
+      return jax.lax.switch(branch, branches, symbol_ids, base)
 
     @jax.custom_batching.custom_vmap
     def encode(symbol_ids):
@@ -364,150 +365,200 @@ class _SlotLayout:
   Position p holds a symbol of its slot, whose token count lies in
   [lo_p, hi_p]. The *base* of a rendering is every position cut to its first
   lo_p tokens: its layout is static (position p starts at lo_0 + ... +
-  lo_{p-1}), positions with a single possible symbol are constants, and the
-  others are table lookups. The remaining *extra* tokens (of positions whose
-  symbol is longer than lo_p) are inserted into the base: the k-th extra
-  token overall, token lo_p + i of position p, lands at output index
+  lo_{p-1}), so every base token is a constant (a position with a single
+  possible symbol) or a lookup of one known position's symbol. The remaining
+  *extra* tokens (of positions whose symbol is longer than lo_p) are inserted
+  into the base: the k-th extra token overall lands at output index
   ``after_p + k`` (``after_p``: the base index right after p's base tokens),
   and every base token moves right by the number of extra tokens inserted
-  before it. Renderings usually carry no or few extra tokens (a Sokoban box
-  on a target, "√", is two SmolLM2 tokens where every other cell is one), so
-  a batch needs one of a few static insertion counts (``extra_buckets``).
+  before it. Renderings carry no or few extra tokens (a Sokoban box on a
+  target, "√", is two SmolLM2 tokens where every other cell is one), so a
+  batch needs one of a few static insertion counts (``extra_buckets``).
 
-  Everything works on [positions, batch] rows, so that every operation is a
-  static slice, a row gather or elementwise over the batch.
+  The methods take whole batches, int32[B, S], and avoid gathers, which
+  XLA runs slowly on CPU (and transposes when the indices are static):
+  symbols are looked up by comparing with the few that slots allow and by bit
+  tests, the base is a concatenation of column slices, and insertions are
+  shifted selects.
   """
 
   def __init__(self, tokens: np.ndarray, lengths: np.ndarray,
                slots: Sequence[Sequence[int]], pad_id: int):
     tokens = np.asarray(tokens, np.int32)
     lengths = np.asarray(lengths, np.int32)
+    num_symbols = tokens.shape[0]
     lo = np.array([min(lengths[i] for i in ids) for ids in slots], np.int32)
     hi = np.array([max(lengths[i] for i in ids) for ids in slots], np.int32)
     start = np.concatenate([[0], np.cumsum(lo)[:-1]]).astype(np.int32)
-    self.tokens, self.lengths, self.pad_id = tokens, lengths, int(pad_id)
+    self.tokens, self.pad_id = tokens, int(pad_id)
     self.num_positions = len(slots)
     self.capacity = int(hi.sum())
     self.base_length = int(lo.sum())
-    single = np.array([len(set(ids)) == 1 for ids in slots])
-    self.const_pos = np.flatnonzero(single)
-    self.const_sym = np.array([slots[p][0] for p in self.const_pos], np.int32)
-    self.var_pos = np.flatnonzero(~single)
-    self.var_lo, self.var_hi = lo[self.var_pos], hi[self.var_pos]
-    # Base token b is constant base_const_tok[b], or token base_k[b] of the
-    # symbol at var position base_var[b] (an index into var_pos).
-    var_index = {int(p): v for v, p in enumerate(self.var_pos)}
-    n = self.base_length
-    self.base_is_const = np.zeros(n, bool)
-    self.base_const_tok = np.zeros(n, np.int32)
-    self.base_var = np.zeros(n, np.int32)
-    self.base_k = np.zeros(n, np.int32)
+    # Bit masks over symbol ids, one row per position and 32 ids per word:
+    # the slot's symbols, and bit b of each symbol's extra token count
+    # (length - lo_p).
+    self.words = -(-num_symbols // 32)
+
+    def mask(pred):
+      out = np.zeros((len(slots), self.words), np.uint32)
+      for p, ids in enumerate(slots):
+        for i in set(ids):
+          if pred(p, i):
+            out[p, i // 32] |= np.uint32(1 << (i % 32))
+      return out
+
+    self.allowed = mask(lambda p, i: True)
+    self.extra_bits = [mask(lambda p, i, b=b: (lengths[i] - lo[p]) >> b & 1)
+                       for b in range(int(np.max(hi - lo)).bit_length())]
+    # The base as few pieces (a concatenation of many small pieces is slow):
+    # runs of one-token positions are columns of ``first`` (each position's
+    # first token), longer positions are constants or per-token lookups.
+    self.single = np.array([len(set(ids)) == 1 for ids in slots])
+    self.const_first = np.array([tokens[ids[0], 0] for ids in slots], np.int32)
+    self.var_symbols = sorted({i for p, ids in enumerate(slots)
+                               if not self.single[p] for i in ids})
+    pieces: list[tuple] = []
     for p, ids in enumerate(slots):
-      for k in range(lo[p]):
-        b = start[p] + k
-        if single[p]:
-          self.base_is_const[b] = True
-          self.base_const_tok[b] = tokens[ids[0], k]
+      if lo[p] == 1 and pieces and pieces[-1][0] == "run" and pieces[-1][2] == p:
+        pieces[-1] = ("run", pieces[-1][1], p + 1)
+      elif lo[p] == 1:
+        pieces.append(("run", p, p + 1))
+      elif self.single[p]:
+        toks = tokens[ids[0], :lo[p]]
+        if pieces and pieces[-1][0] == "const":
+          pieces[-1] = ("const", np.concatenate([pieces[-1][1], toks]))
         else:
-          self.base_var[b], self.base_k[b] = var_index[p], k
-    # Positions that can carry extra tokens.
-    grow = hi > lo
-    self.ext_var = np.array([var_index[int(p)] for p in np.flatnonzero(grow)],
-                            np.int32)
-    self.ext_lo = lo[grow]
-    self.ext_after = (start + lo)[grow]
+          pieces.append(("const", toks))
+      else:
+        pieces.append(("symbol", p, int(lo[p])))
+    self.pieces = tuple(pieces)
+    # Extra tokens: per position, its base length and the base index right
+    # after its base tokens.
+    self.lo = lo
+    self.after = (start + lo).astype(np.int32)
+    self.can_grow = bool(np.any(hi > lo))
     max_extra = int((hi - lo).sum())
     self.extra_buckets = tuple(sorted({min(k, max_extra) for k in _EXTRA_BUCKETS}))
 
   @classmethod
   def build(cls, tokens, lengths, slots, pad_id) -> "_SlotLayout | None":
-    """The layout, or None when some slot symbol has no tokens (the insertion
-    scheme needs lo_p >= 1 for distinct insertion points)."""
+    """The layout, or None when some slot symbol has no tokens (insertion
+    points are distinct only when every position has a base token)."""
     lengths = np.asarray(lengths)
     if any(lengths[i] < 1 for ids in slots for i in ids):
       return None
     return cls(tokens, lengths, slots, pad_id)
 
-  def branch(self, rows: jax.Array) -> jax.Array:
+  def _test(self, masks: np.ndarray, symbol_ids: jax.Array) -> jax.Array:
+    """bool[B, S]: bit ``symbol_ids`` of each position's mask (False when
+    out of range)."""
+    ids = symbol_ids.astype(jnp.uint32)  # -1 becomes huge: the shift gives 0
+    if self.words == 1:
+      return (jnp.asarray(masks[:, 0]) >> ids) & 1 == 1
+    word = ids >> 5
+    bits = jnp.zeros(ids.shape, jnp.uint32)
+    for w in range(self.words):
+      bits = jnp.where(word == w, jnp.asarray(masks[:, w]), bits)
+    return (bits >> (ids & 31)) & 1 == 1
+
+  def _extra(self, symbol_ids: jax.Array) -> jax.Array:
+    """int32[B, S]: the extra token count of each position's symbol."""
+    out = jnp.zeros(symbol_ids.shape, jnp.int32)
+    for b, m in enumerate(self.extra_bits):
+      out += self._test(m, symbol_ids).astype(jnp.int32) << b
+    return out
+
+  def branch(self, symbol_ids: jax.Array) -> jax.Array:
     """int32[B]: per rendering, the index into ``extra_buckets`` of the
     smallest count that fits its extra tokens, or ``len(extra_buckets)`` when
     it does not follow the slots (padding, a symbol outside its slot, or more
-    extra tokens than the largest bucket).
-
-    Args:
-      rows: int32[S, B] symbol ids, one column per rendering.
-    """
-    num_symbols = self.tokens.shape[0]
-    ok = jnp.all((rows >= 0) & (rows < num_symbols), axis=0)
-    if self.const_pos.size:
-      ok &= jnp.all(rows[self.const_pos] == self.const_sym[:, None], axis=0)
-    extra = jnp.zeros(rows.shape[1:], jnp.int32)
-    if self.var_pos.size:
-      var = jnp.clip(rows[self.var_pos], 0, num_symbols - 1)
-      lens = jnp.asarray(self.lengths)[var]
-      ok &= jnp.all((lens >= self.var_lo[:, None]) & (lens <= self.var_hi[:, None]),
-                    axis=0)
-      extra = jnp.sum(lens - self.var_lo[:, None], axis=0)
-    buckets = jnp.asarray(self.extra_buckets, jnp.int32)
-    index = jnp.sum((extra[None, :] > buckets[:, None]).astype(jnp.int32), axis=0)
+    extra tokens than the largest bucket)."""
+    ok = jnp.all(self._test(self.allowed, symbol_ids), axis=1)
+    extra = jnp.sum(self._extra(symbol_ids), axis=1)
+    index = sum((extra > k).astype(jnp.int32) for k in self.extra_buckets)
     return jnp.where(ok, index, len(self.extra_buckets)).astype(jnp.int32)
 
-  def encode_rows(self, rows: jax.Array, num_extra: int):
-    """Fast encoding of renderings that follow the slots.
+  def _lookup(self, symbol_ids: jax.Array, k: int) -> jax.Array:
+    """Token k of the (slot-following, variable) symbols ``symbol_ids``."""
+    width = self.tokens.shape[1]
+    out = jnp.zeros(symbol_ids.shape, jnp.int32)
+    for i in self.var_symbols:
+      out = jnp.where(symbol_ids == i, int(self.tokens[i, min(k, width - 1)]), out)
+    return out
 
-    Args:
-      rows: int32[S, B] symbol ids, every column following the slots with at
-        most ``num_extra`` extra tokens.
-      num_extra: static bound on the extra tokens of any column.
+  def base(self, symbol_ids: jax.Array) -> jax.Array:
+    """int32[B, capacity]: the base tokens (see the class docstring), then
+    padding."""
+    batch = symbol_ids.shape[0]
+    first = jnp.where(self.single, self.const_first, self._lookup(symbol_ids, 0))
+    parts = []
+    for piece in self.pieces:
+      if piece[0] == "run":
+        parts.append(first[:, piece[1]:piece[2]])
+      elif piece[0] == "const":
+        parts.append(jnp.broadcast_to(jnp.asarray(piece[1]), (batch, len(piece[1]))))
+      else:
+        _, p, n = piece
+        parts.append(jnp.stack([self._lookup(symbol_ids[:, p], k) for k in range(n)],
+                               axis=1))
+    parts.append(jnp.full((batch, self.capacity - self.base_length), self.pad_id,
+                          jnp.int32))
+    return jnp.concatenate(parts, axis=1)
 
-    Returns:
-      (int32[L, B] token ids, int32[B] lengths).
-    """
-    batch = rows.shape[1:]
+  def assemble(self, symbol_ids: jax.Array, base: jax.Array, num_extra: int):
+    """(int32[B, capacity] ids, int32[B] lengths) of renderings that follow
+    the slots with at most ``num_extra`` (static) extra tokens each, given
+    their ``base``."""
+    batch, num_positions = symbol_ids.shape
+    cap, n = self.capacity, self.base_length
+    if num_extra == 0 or not self.can_grow:
+      return base, jnp.full((batch,), n, jnp.int32)
     width = self.tokens.shape[1]
     flat = jnp.asarray(self.tokens.reshape(-1))
-    var = rows[self.var_pos] if self.var_pos.size else None      # [V, B]
-    # The base: constants, and token base_k of the symbol at base_var.
-    if self.var_pos.size:
-      looked_up = flat[var[self.base_var] * width + self.base_k[:, None]]
-      base = jnp.where(self.base_is_const[:, None], self.base_const_tok[:, None],
-                       looked_up)
-    else:
-      base = jnp.broadcast_to(self.base_const_tok[:, None], (self.base_length,) + batch)
-    pad_rows = lambda n: jnp.full((n,) + batch, self.pad_id, jnp.int32)
-    if num_extra == 0 or not self.ext_var.size:
-      ids = jnp.concatenate([base.astype(jnp.int32), pad_rows(self.capacity - self.base_length)])
-      return ids, jnp.full(batch, self.base_length, jnp.int32)
-    # Extra tokens: ext_sym holds the symbols of the positions that can grow.
-    ext_sym = var[self.ext_var]                                   # [E, B]
-    ext = jnp.asarray(self.lengths)[ext_sym] - self.ext_lo[:, None]
-    last = jnp.cumsum(ext, axis=0)                                # inclusive
-    first = last - ext
-    total = self.base_length + last[-1]
-    slot = jnp.arange(self.capacity)[:, None]                     # [L, 1]
-    inserted_before = jnp.zeros((self.capacity,) + batch, jnp.int32)
-    insert_at, insert_tok = [], []
+    extra = self._extra(symbol_ids)                               # [B, S]
+    num = jnp.sum(extra, axis=1)
+    # Positions holding extra tokens, as bit masks of 32 positions per word;
+    # the insertions take them in order, lowest set bit first.
+    bit = np.uint32(1) << (np.arange(num_positions) % 32).astype(np.uint32)
+    has = jnp.where(extra > 0, jnp.asarray(bit), jnp.uint32(0))
+    words = [jnp.sum(has[:, w:w + 32], axis=1, dtype=jnp.uint32)
+             for w in range(0, num_positions, 32)]
+    used = jnp.zeros((batch,), jnp.int32)
+    slot = jnp.arange(cap)[None, :]
+    before = jnp.zeros((batch, cap), jnp.int32)
+    inserts = []
     for k in range(num_extra):
-      # The k-th extra token is token lo + (k - first) of the one position
-      # whose extra tokens span [first, last) around k.
-      mine = (first <= k) & (k < last)                            # [E, B]
-      pick = lambda x: jnp.sum(jnp.where(mine, x, 0), axis=0)
-      sym = pick(ext_sym)
-      k_in_symbol = pick(self.ext_lo[:, None] + k - first)
-      at = jnp.where(k < last[-1], pick(self.ext_after[:, None]) + k, self.capacity)
-      insert_at.append(at)
-      insert_tok.append(flat[sym * width + k_in_symbol])
-      inserted_before += (at[None] < slot).astype(jnp.int32)
+      # The k-th extra token: token lo + used of the first position left.
+      pos = jnp.full((batch,), num_positions - 1, jnp.int32)
+      for w in reversed(range(len(words))):
+        lowest = words[w] & (~words[w] + jnp.uint32(1))
+        trailing = jax.lax.population_count(lowest - jnp.uint32(1)).astype(jnp.int32)
+        pos = jnp.where(words[w] != 0, 32 * w + trailing, pos)
+      at_pos = lambda x: jnp.take_along_axis(x, pos[:, None], axis=1)[:, 0]
+      # One gather per rendering: cheap, unlike gathers over all positions.
+      tok = flat[at_pos(symbol_ids) * width + jnp.asarray(self.lo)[pos] + used]
+      live = k < num
+      at = jnp.where(live, jnp.asarray(self.after)[pos] + k, cap)
+      inserts.append((at, tok))
+      before += (at[:, None] < slot).astype(jnp.int32)
+      used = used + 1
+      done = used >= at_pos(extra)
+      used = jnp.where(done, 0, used)
+      cleared = jnp.zeros((batch,), jnp.bool_)
+      for w in range(len(words)):
+        clear = done & ~cleared & (words[w] != 0)
+        cleared |= words[w] != 0
+        words[w] = jnp.where(clear, words[w] & (words[w] - jnp.uint32(1)), words[w])
     # Base token b lands at b + (extra tokens inserted before it).
-    padded = jnp.concatenate([pad_rows(num_extra), base.astype(jnp.int32),
-                              pad_rows(self.capacity - self.base_length)])
-    ids = padded[num_extra:]
+    padded = jnp.concatenate(
+        [jnp.full((batch, num_extra), self.pad_id, jnp.int32), base], axis=1)
+    ids = base
     for d in range(1, num_extra + 1):
-      ids = jnp.where(inserted_before == d,
-                      padded[num_extra - d:num_extra - d + self.capacity], ids)
-    for at, tok in zip(insert_at, insert_tok):
-      ids = jnp.where(slot == at[None], tok[None], ids)
-    ids = jnp.where(slot < total[None], ids, self.pad_id)
+      ids = jnp.where(before == d, padded[:, num_extra - d:num_extra - d + cap], ids)
+    for at, tok in inserts:
+      ids = jnp.where(slot == at[:, None], tok[:, None], ids)
+    total = n + num
+    ids = jnp.where(slot < total[:, None], ids, self.pad_id)
     return ids.astype(jnp.int32), total.astype(jnp.int32)
 
 

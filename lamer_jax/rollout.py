@@ -45,7 +45,7 @@ class RolloutConfig:
   top_p: float = 1.0
   # Reward of a turn whose free-form action is not an allowed candidate (the
   # game does not move); only the "free" action mode produces such turns.
-  invalid_penalty: float = -0.1
+  invalid_penalty: float = -0.5
 
   @property
   def num_rows(self) -> int:

@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (always valid); "free": the model writes the action span and a span that
   # is no allowed candidate costs invalid_penalty and leaves the game as is.
   config.rollout.action_mode = "constrained"
-  config.rollout.invalid_penalty = -0.1
+  config.rollout.invalid_penalty = -0.5   # LaMer's invalid-action penalty
   # Free "<think>" tokens before every action (0: none; LaMer's released
   # scripts let Qwen3 think).
   config.rollout.think_tokens = 0
