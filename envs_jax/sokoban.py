@@ -403,7 +403,7 @@ class Sokoban(Environment):
       level = jax.tree.map(lambda a, b: jnp.where(better, a, b), new, level)
       return tries + 1, key, level
 
-    # A placeholder that any real try beats (scores are >= -1).
+    # An initial best that any real try beats (scores are >= -1).
     cells = jnp.zeros((self.num_boxes,), jnp.int32)
     empty = (jnp.float32(-2.0), self._interior(), cells, cells, jnp.int32(0))
     _, _, level = jax.lax.while_loop(cond, body, (jnp.int32(0), key, empty))
