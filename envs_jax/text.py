@@ -277,7 +277,7 @@ class TextCodec:
     any other batch (or a codec without slots) takes ``_encode_any``. Both
     give the same tokens.
     """
-    if self._slot_encoder is None:
+    if self._slot_encoder is None or jnp.shape(symbol_ids) != (len(self.symbol_slots),):
       return self._encode_any(symbol_ids)
     ids, length = self._slot_encoder(symbol_ids)
     return TokenBuffer(ids=ids, length=length)
@@ -303,7 +303,13 @@ class TextCodec:
 
   @functools.cached_property
   def _slot_encoder(self):
-    """custom_vmap'd (ids, length) encoder using ``_SlotLayout``, or None."""
+    """The (ids, length) encoder of ``encode``'s fast path, or None.
+
+    A batch takes one path as a whole, chosen at run time: under ``vmap`` a
+    per-rendering ``lax.cond`` would turn into a select that runs both paths,
+    so the function has its own vmap rule (``custom_vmap``), which sees the
+    whole batch and switches once. Called without vmap it is a batch of one.
+    """
     if self.symbol_slots is None:
       return None
     layout = _SlotLayout.build(self.symbol_tokens, self.symbol_lengths,
@@ -356,7 +362,7 @@ class TextCodec:
 
 # Numbers of extra tokens (see ``_SlotLayout``) the fast path is compiled
 # for; a batch needing more takes the general path.
-_EXTRA_BUCKETS = (0, 1, 2, 4, 8)
+_EXTRA_BUCKETS = (0, 1, 2, 4)
 
 
 class _SlotLayout:
@@ -557,9 +563,8 @@ class _SlotLayout:
       ids = jnp.where(before == d, padded[:, num_extra - d:num_extra - d + cap], ids)
     for at, tok in inserts:
       ids = jnp.where(slot == at[:, None], tok[:, None], ids)
-    total = n + num
-    ids = jnp.where(slot < total[:, None], ids, self.pad_id)
-    return ids.astype(jnp.int32), total.astype(jnp.int32)
+    # Past the last token the base's padding arrives: no mask needed.
+    return ids.astype(jnp.int32), (n + num).astype(jnp.int32)
 
 
 def check_prefix_free(table_tokens: np.ndarray, table_lengths: np.ndarray,

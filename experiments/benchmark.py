@@ -528,7 +528,8 @@ def bench_scaling() -> str:
 _ENV_BATCHES = flags.DEFINE_list(
     "env_batches", ["1", "64", "1024", "8192"], "Batch sizes of the env benchmark.")
 _ENV_SECONDS = flags.DEFINE_float(
-    "env_seconds", 2.0, "Minimum seconds timed per env benchmark cell.")
+    "env_seconds", 1.0, "Minimum seconds of each of the timing windows of an "
+    "env benchmark cell (the best window counts).")
 
 
 def bench_envs() -> str:

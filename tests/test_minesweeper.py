@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import envs_jax
 from envs_jax.core import VmapEnv
+from envs_jax import minesweeper
 from envs_jax.minesweeper import MineSweeper, MineSweeperState
 from envs_jax.reference.minesweeper import PyMineSweeper
 
@@ -318,3 +319,47 @@ def test_state_key_tracks_the_revealed_mask():
     if not bool(ts.invalid):
       keys.add(int(ENV.state_key(state)))
   assert len(keys) >= 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=SEEDS, shape=st.sampled_from([(6, 6), (3, 5), (8, 8), (12, 12)]))
+def test_cascade_masks_open_exactly_the_cascade(seed, shape):
+  # Every safe cell: the cells sharing a mask bit with it (what step opens)
+  # are its host cascade. 12x12 has 36 2x2 blocks: two mask words.
+  h, w = shape
+  rng = np.random.default_rng(seed)
+  mines = np.zeros(h * w, bool)
+  mines[rng.choice(h * w, rng.integers(1, h * w // 4 + 2), replace=False)] = True
+  mines = mines.reshape(h, w)
+  env = MineSweeper(height=h, width=w, num_mines=int(mines.sum()))
+  state = jax.jit(env.state_from_board)(mines, np.zeros_like(mines))
+  words = minesweeper.num_mask_words(h, w)
+  assert words == (2 if h == 12 else 1)
+  assert state.cascades.shape == (h, w, words)
+  opened = jax.jit(jax.vmap(env._opened, in_axes=(None, 0)))(
+      state, jnp.arange(h * w))
+  for cell in np.flatnonzero(~mines.reshape(-1)):
+    expected = host_cascade(mines, *divmod(int(cell), w))
+    assert (np.asarray(opened[cell]) == expected).all(), (seed, cell)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=SEEDS)
+def test_differential_on_a_board_with_two_mask_words(seed):
+  env = MineSweeper(height=12, width=12, num_mines=14, max_turns=30)
+  params = env.default_params
+  reset, step, *_ = jitted(env)
+  state, _ = reset(jax.random.key(seed), params)
+  py = PyMineSweeper(12, 12, 14, 30)
+  py.from_state(np.asarray(state.mines), np.asarray(state.revealed))
+  rng = np.random.default_rng(seed)
+  for _ in range(env.max_turns):
+    hidden = np.flatnonzero(~np.asarray(state.revealed).reshape(-1))
+    action = int(rng.choice(hidden))
+    state, ts = step(state, jnp.int32(action), params)
+    reward, done, won = py.step(action)
+    assert np.isclose(float(ts.reward), reward)
+    assert (bool(ts.done), bool(ts.won)) == (done, won)
+    assert env.render_text(state, params) == py.render_text()
+    if done:
+      break

@@ -309,3 +309,52 @@ def test_python_generator_levels_are_solvable():
     walls, targets, boxes = env.grids()
     assert len(env.boxes) == 2 and not env.boxes <= env.targets
     assert solve(walls, targets, boxes, env.player) is not None
+
+
+def _random_board(seed: int):
+  """A walled 6x6 board with random inner walls, targets, boxes (some on
+  targets or in corners) and player: states reset never produces."""
+  rng = np.random.default_rng(seed)
+  walls = np.ones((6, 6), bool)
+  walls[1:-1, 1:-1] = rng.random((4, 4)) < 0.2
+  floor = np.argwhere(~walls)
+  if len(floor) < 2:
+    walls[1:-1, 1:-1] = False
+    floor = np.argwhere(~walls)
+  pick = rng.permutation(len(floor))
+  player = floor[pick[0]]
+  boxes = np.zeros((6, 6), bool)
+  targets = np.zeros((6, 6), bool)
+  for r, c in floor[pick[1:1 + rng.integers(0, 4)]]:
+    boxes[r, c] = True
+  for r, c in floor[rng.permutation(len(floor))[:rng.integers(1, 4)]]:
+    targets[r, c] = True
+  return walls, targets, boxes, player
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1),
+       actions=st.lists(st.integers(0, ENV.num_actions - 1), min_size=TURNS,
+                        max_size=TURNS))
+def test_matches_python_reference_on_random_boards(seed, actions):
+  # Boxes may start in dead corners, on targets, or all solved: the step's
+  # running counts (boxes off target, in corners) must agree with the
+  # reference's scans of the board.
+  walls, targets, boxes, player = _random_board(seed)
+  false = jnp.zeros((), jnp.bool_)
+  start = SokobanState(
+      walls=jnp.asarray(walls), targets=jnp.asarray(targets),
+      boxes=jnp.asarray(boxes), player=jnp.asarray(player, jnp.int32),
+      turns=jnp.int32(0), moves=jnp.int32(0), done=false, won=false,
+      truncated=false)
+  states, steps, _, _ = jax.device_get(
+      _rollout(start, jnp.asarray(actions, jnp.int32)))
+  ref = PySokoban.from_state(walls.tolist(), targets.tolist(), boxes.tolist(),
+                             player.tolist())
+  for t, a in enumerate(actions):
+    reward, done, won = ref.step(a)
+    ts = _index(steps, t)
+    assert reward == pytest.approx(float(ts.reward), abs=1e-5), t
+    assert (done, won, ref.invalid) == (bool(ts.done), bool(ts.won),
+                                        bool(ts.invalid)), t
+    assert ref.render_text() == ENV.render_text(_index(states, t), PARAMS), t

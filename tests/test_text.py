@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import envs_jax
+from envs_jax import text
 from envs_jax.text import ByteTokenizer, TextCodec, TokenBuffer, check_prefix_free, concat
 
 
@@ -139,3 +140,76 @@ def test_byte_tokenizer():
   assert ids[0] == tok.bos_token_id and tok.eos_token_id in ids
   assert tok.decode(ids).endswith("<|im_start|>assistant\n")
   assert len(tok) == 259
+
+
+def _random_renderings(env, codec, rng, n: int, max_long: int) -> np.ndarray:
+  """int32[n, S] renderings following ``env.symbol_slots``, each with at most
+  ``max_long`` positions holding a longer-than-shortest symbol of its slot."""
+  lengths = codec.symbol_lengths
+  out = np.zeros((n, env.max_symbols), np.int32)
+  for row in out:
+    budget = rng.integers(0, max_long + 1)
+    for p in rng.permutation(env.max_symbols):
+      ids = env.symbol_slots[p]
+      shortest = min(lengths[i] for i in ids)
+      short = [i for i in ids if lengths[i] == shortest]
+      long = [i for i in ids if lengths[i] > shortest]
+      if long and budget and rng.random() < 0.5:
+        row[p], budget = rng.choice(long), budget - 1
+      else:
+        row[p] = rng.choice(short)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _encoders(env_name: str, tok_name: str):
+  """(batched, general batched, unbatched, nested) jitted encoders."""
+  codec = _setup(env_name, tok_name)[1]
+  return (jax.jit(jax.vmap(codec.encode)), jax.jit(jax.vmap(codec._encode_any)),
+          jax.jit(codec.encode), jax.jit(jax.vmap(jax.vmap(codec.encode))))
+
+
+@pytest.mark.parametrize("tok_name", ["bytes", "smollm2"])
+@pytest.mark.parametrize("env_name", ["sokoban", "minesweeper"])
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), max_long=st.sampled_from([0, 1, 2, 3, 40]),
+       spoil=st.sampled_from(["none", "pad", "wrong_symbol", "out_of_range"]))
+def test_slot_fast_path_equals_the_general_encoder(env_name, tok_name, seed,
+                                                   max_long, spoil):
+  # Batches that follow the slots (with 0, 1, 2, 3 or many long symbols: every
+  # insertion count and the fallback) take the fast path; one spoilt
+  # rendering sends its whole batch to the general encoder. Same tokens
+  # either way, batched, unbatched and under nested vmap.
+  env, codec, _ = _setup(env_name, tok_name)
+  rng = np.random.default_rng(seed)
+  x = _random_renderings(env, codec, rng, 12, max_long)
+  if spoil == "pad":
+    x[3, -rng.integers(1, 6):] = -1
+  elif spoil == "wrong_symbol":   # a row label where a cell goes
+    x[5, 1] = len(env.symbols) - 1
+  elif spoil == "out_of_range":
+    x[7, rng.integers(env.max_symbols)] = len(env.symbols) + 3
+  x = jnp.asarray(x)
+  batched, general, unbatched, nested = _encoders(env_name, tok_name)
+  fast, slow = batched(x), general(x)
+  np.testing.assert_array_equal(fast.ids, slow.ids)
+  np.testing.assert_array_equal(fast.length, slow.length)
+  one = unbatched(x[0])
+  np.testing.assert_array_equal(one.ids, slow.ids[0])
+  nested = nested(x.reshape(3, 4, -1))
+  np.testing.assert_array_equal(nested.ids.reshape(12, -1), slow.ids)
+
+
+@pytest.mark.parametrize("tok_name", ["bytes", "smollm2"])
+@pytest.mark.parametrize("env_name", ["sokoban", "minesweeper"])
+def test_played_renderings_take_the_fast_path(env_name, tok_name):
+  env, codec, play = _setup(env_name, tok_name)
+  rng = np.random.default_rng(0)
+  actions = jnp.asarray(rng.integers(0, env.num_actions, size=8), jnp.int32)
+  states, _ = play(jax.random.key(0), actions)
+  symbols = jax.vmap(env.render_symbols, in_axes=(0, None))(states, env.default_params)
+  layout = text._SlotLayout.build(codec.symbol_tokens, codec.symbol_lengths,
+                                  env.symbol_slots, codec.pad_id)
+  assert layout.capacity == codec.max_tokens
+  branches = np.asarray(layout.branch(symbols))
+  assert (branches < len(layout.extra_buckets)).all(), branches
