@@ -292,15 +292,29 @@ def check_override_flags(argv: list[str], flag: str = "config") -> None:
 
 
 def run_main(main: Callable[..., None], argv: list[str]) -> None:
-  """``absl.app.run(main)`` after :func:`check_override_flags` (a bad key
-  prints the valid ones and exits with status 2, like a flag error)."""
+  """Runs an entry point's ``main(argv)`` under ``absl.app.run``.
+
+  First :func:`check_override_flags` (a bad key prints the valid ones and
+  exits with status 2, like a flag error); then, inside ``main``'s process,
+  the steps every entry point shares: quiet library logs, no positional
+  arguments, and ``sharding.initialize_distributed()`` (multi-host runs join
+  the cluster before anything asks JAX for devices; docs/SCALING.md).
+  """
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
     check_override_flags(argv)
   except ValueError as e:
     print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
     sys.exit(2)
-  app.run(main, argv=argv)
+
+  def entry(args: list[str]) -> None:
+    quiet_library_logs()
+    if len(args) > 1:
+      raise app.UsageError(f"unexpected arguments: {args[1:]}")
+    sharding.initialize_distributed()
+    main(args)
+
+  app.run(entry, argv=argv)
 
 
 def config_from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:

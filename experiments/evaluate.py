@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments.configs import base
-from lamer_jax import checkpoint, evaluation, sharding
+from lamer_jax import checkpoint, evaluation
 
 def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
         step: int | None = None, *, num_tasks: int | None = None,
@@ -105,12 +105,9 @@ def define_flags() -> types.SimpleNamespace:
 
 
 def main(argv, args: types.SimpleNamespace):
-  common.quiet_library_logs()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # checked by common.run_main
   if args.config.value is None and args.workdir.value is None:
     raise app.UsageError("give --workdir (a training run) or --config (a model)")
-  sharding.initialize_distributed()   # multi-host only (docs/SCALING.md)
   report = run(args.config.value, args.workdir.value, args.step.value,
                num_tasks=args.num_tasks.value, output=args.output.value)
   print(f"{report['name']} ({report['method']}, step {report['step']}): "

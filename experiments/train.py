@@ -37,7 +37,7 @@ import jax
 from tqdm import tqdm
 
 from experiments import common
-from lamer_jax import checkpoint, evaluation, metrics, sharding
+from lamer_jax import checkpoint, evaluation, metrics
 
 CONFIG_NAME = "config.json"
 # Saved config values a resumed run may change without changing its history.
@@ -220,14 +220,9 @@ def define_flags() -> types.SimpleNamespace:
 
 
 def main(argv, args: types.SimpleNamespace):
-  common.quiet_library_logs()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # checked by common.run_main
   if not args.workdir.value or args.config.value is None:
     raise app.UsageError("--config and --workdir are required")
-  # Multi-host runs (JAX_COORDINATOR_ADDRESS=... or LAMER_DISTRIBUTED_AUTO=1,
-  # docs/SCALING.md) join the cluster before anything asks JAX for devices.
-  sharding.initialize_distributed()
   config = args.config.value
   results, signum = train(config, args.workdir.value, progress=args.progress.value)
   if signum is not None:
