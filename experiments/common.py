@@ -22,11 +22,12 @@ Methods (``config.method``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging as py_logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from absl import logging
 import jax
@@ -39,6 +40,7 @@ from experiments.configs import base
 from lamer_jax import losses, prompts, returns, sharding
 from lamer_jax.models import loading
 from lamer_jax.rollout import RolloutConfig
+from tqdm import tqdm
 from lamer_jax.train_step import (AlgoConfig, TrainState, eval_seeds,
                                   init_train_state, make_eval_fn, make_train_step)
 
@@ -338,6 +340,31 @@ def config_from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
 
 
 # ---- building -----------------------------------------------------------------
+class EvalProgress:
+  """Host-side sink of the evaluation's per-batch callbacks.
+
+  The compiled evaluation reports every finished batch of tasks here; the
+  count goes to a tqdm bar while ``show`` holds one open, and nowhere
+  otherwise (the callback itself costs nothing measurable).
+  """
+
+  def __init__(self):
+    self._bar: tqdm | None = None
+
+  def __call__(self, num_tasks: int) -> None:
+    if self._bar is not None:
+      self._bar.update(int(num_tasks))
+
+  @contextlib.contextmanager
+  def show(self, total: int, desc: str) -> Iterator[None]:
+    self._bar = tqdm(total=total, desc=desc, unit="task", dynamic_ncols=True)
+    try:
+      yield
+    finally:
+      self._bar.close()
+      self._bar = None
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything a run needs, built from a validated config.
@@ -347,6 +374,8 @@ class Experiment:
       train; ``train_step(state) -> (state, metrics)`` is jitted.
     eval_fn: jitted ``(params, key, seeds) -> metrics``.
     eval_seeds: int32[eval tasks], the fixed held-out task seeds.
+    eval_progress: receives ``eval_fn``'s per-batch progress (see
+      ``evaluate(progress=True)``).
     mesh: the device mesh when it spans several devices (the train step is
       then ``sharding.make_sharded_train_step`` and the model's parameters
       live on the mesh); None on one device.
@@ -365,6 +394,7 @@ class Experiment:
   eval_fn: Callable[..., dict]
   eval_seeds: jax.Array
   mesh: jax.sharding.Mesh | None = None
+  eval_progress: EvalProgress = dataclasses.field(default_factory=EvalProgress)
 
   @property
   def trains(self) -> bool:
@@ -438,13 +468,16 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
                                temperature=config.eval.temperature,
                                top_k=config.eval.top_k, top_p=config.eval.top_p,
                                invalid_penalty=config.rollout.invalid_penalty)
+  progress = EvalProgress()
   eval_fn = make_eval_fn(env, mcfg, eval_layout, eval_rollout, env_params=params,
-                         mesh=mesh, batch_size=eval_batch_size(config))
+                         mesh=mesh, batch_size=eval_batch_size(config),
+                         on_batch=progress)
   return Experiment(config=config, env=env, env_params=params, model=model,
                     algo=algo, train_layout=train_layout,
                     train_rollout=train_rollout, train_step=train_step,
                     eval_layout=eval_layout, eval_rollout=eval_rollout,
-                    eval_fn=eval_fn, eval_seeds=eval_seeds(tasks), mesh=mesh)
+                    eval_fn=eval_fn, eval_seeds=eval_seeds(tasks), mesh=mesh,
+                    eval_progress=progress)
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -482,9 +515,20 @@ def to_host(metrics: dict[str, Any]) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def evaluate(exp: Experiment, params: Any, step: int) -> dict[str, float]:
-  """pass@k and friends on the held-out tasks, after ``step`` train steps."""
-  return to_host(exp.eval_fn(params, eval_key(exp.config, step), exp.eval_seeds))
+def evaluate(exp: Experiment, params: Any, step: int, *,
+             progress: bool = False) -> dict[str, float]:
+  """pass@k and friends on the held-out tasks, after ``step`` train steps.
+
+  ``progress`` shows a bar of played tasks (on process 0), which advances
+  per ``eval.batch_size`` tasks; the first batch also waits for compilation.
+  """
+  run = lambda: to_host(exp.eval_fn(params, eval_key(exp.config, step),
+                                    exp.eval_seeds))
+  if not progress or jax.process_index() != 0:
+    return run()
+  with exp.eval_progress.show(int(exp.eval_seeds.shape[0]),
+                              f"eval {exp.env.name} ({exp.config.method})"):
+    return run()
 
 
 def describe(exp: Experiment) -> str:

@@ -34,7 +34,8 @@ from lamer_jax import checkpoint, evaluation
 
 def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
         step: int | None = None, *, num_tasks: int | None = None,
-        output: str | None = None, experiment: common.Experiment | None = None) -> dict[str, Any]:
+        output: str | None = None, experiment: common.Experiment | None = None,
+        progress: bool = False) -> dict[str, Any]:
   """Evaluates, writes the JSON report to ``output`` (if given), returns it.
 
   Args:
@@ -45,6 +46,7 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
     num_tasks: overrides ``config.eval.num_tasks``.
     output: path of the JSON report.
     experiment: a prebuilt ``common.build(config)`` to reuse.
+    progress: show a progress bar of played tasks.
 
   Raises:
     ValueError: neither a config nor a workdir, or an invalid config.
@@ -74,7 +76,7 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
     ckpt.close()
   else:
     params, step = exp.model.params, 0
-  results = common.evaluate(exp, params, step)
+  results = common.evaluate(exp, params, step, progress=progress)
   report = {
       "name": config.name, "method": config.method, "env": exp.env.name,
       "model": exp.model.name, "workdir": workdir, "step": step,
@@ -101,7 +103,9 @@ def define_flags() -> types.SimpleNamespace:
       step=flags.DEFINE_integer("step", None, "Checkpoint step (default: latest)."),
       num_tasks=flags.DEFINE_integer("num_tasks", None, "Held-out tasks (default: "
                                      "the config's eval.num_tasks)."),
-      output=flags.DEFINE_string("output", None, "Where to write the JSON report."))
+      output=flags.DEFINE_string("output", None, "Where to write the JSON report."),
+      progress=flags.DEFINE_bool("progress", True, "Show a progress bar of "
+                                 "played tasks (it moves per eval.batch_size)."))
 
 
 def main(argv, args: types.SimpleNamespace):
@@ -109,7 +113,8 @@ def main(argv, args: types.SimpleNamespace):
   if args.config.value is None and args.workdir.value is None:
     raise app.UsageError("give --workdir (a training run) or --config (a model)")
   report = run(args.config.value, args.workdir.value, args.step.value,
-               num_tasks=args.num_tasks.value, output=args.output.value)
+               num_tasks=args.num_tasks.value, output=args.output.value,
+               progress=args.progress.value)
   print(f"{report['name']} ({report['method']}, step {report['step']}): "
         f"{report['num_tasks']} held-out tasks x {report['num_attempts']} attempts, "
         f"memory {report['memory']}")

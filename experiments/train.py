@@ -105,9 +105,10 @@ def _open_writers(workdir: str, resume_step: int | None = None) -> metrics.Write
   return metrics.open_writers(workdir, resume_step)
 
 
-def _evaluate_only(exp: common.Experiment, workdir: str) -> dict[str, float]:
+def _evaluate_only(exp: common.Experiment, workdir: str,
+                   progress: bool) -> dict[str, float]:
   t0 = time.perf_counter()
-  results = common.evaluate(exp, exp.model.params, step=0)
+  results = common.evaluate(exp, exp.model.params, step=0, progress=progress)
   writers = _open_writers(workdir)
   writers.write(0, {**_prefixed("eval/", results),
                     "time/eval_s": time.perf_counter() - t0})
@@ -139,7 +140,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       json.dump(config.to_dict(), f, indent=2)
   steps = config.train.steps
   if not exp.trains or steps == 0:
-    return _evaluate_only(exp, workdir), None
+    return _evaluate_only(exp, workdir, progress), None
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, common.CHECKPOINT_DIR),
                                  keep=config.train.keep_checkpoints)

@@ -290,7 +290,8 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
 def make_eval_fn(env: Environment, mcfg: llama.ModelConfig, layout: ContextLayout,
                  rollout_cfg: RolloutConfig, env_params: Any = None,
                  mesh: jax.sharding.Mesh | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None,
+                 on_batch: Callable[[int], Any] | None = None):
   """Builds ``evaluate(params, key, seeds int32[B]) -> metrics`` (jitted).
 
   With ``mesh``, the tasks are split over its ("data", "fsdp") axes and
@@ -298,13 +299,20 @@ def make_eval_fn(env: Environment, mcfg: llama.ModelConfig, layout: ContextLayou
   ``batch_size`` plays the B tasks that many at a time (a ``lax.map`` over
   B / batch_size rollouts, each with its own key folded from ``key``), which
   bounds memory by the batch instead of B; None plays all B at once.
+  ``on_batch(num_tasks)`` runs on the host (``jax.debug.callback``) each time
+  a batch of that many tasks has been played: a progress hook, which changes
+  no result.
   """
   env_params = env.default_params if env_params is None else env_params
 
   def play(params, key, seeds):
     cfg = dataclasses.replace(rollout_cfg, num_tasks=seeds.shape[0])
-    return rollout(params, key, env_params, env=env, mcfg=mcfg, layout=layout,
+    traj = rollout(params, key, env_params, env=env, mcfg=mcfg, layout=layout,
                    cfg=cfg, task_seeds=seeds, mesh=mesh)
+    if on_batch is not None:
+      # The operand depends on the batch's result, so the call comes after it.
+      jax.debug.callback(lambda _: on_batch(seeds.shape[0]), jnp.any(traj.won))
+    return traj
 
   @jax.jit
   def evaluate(params, key, seeds):

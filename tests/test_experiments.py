@@ -276,9 +276,11 @@ def test_resumed_run_is_identical_to_uninterrupted(experiment, runs):
 
 
 def test_evaluate_writes_json_matching_the_logged_evaluation(experiment, runs,
-                                                             tmp_path):
+                                                             tmp_path, capsys):
   out = tmp_path / "eval" / "report.json"
-  report = evaluate.run(None, runs["whole"], output=str(out), experiment=experiment)
+  report = evaluate.run(None, runs["whole"], output=str(out), experiment=experiment,
+                        progress=True)
+  assert "4/4" in capsys.readouterr().err   # the bar counted every task
   saved = json.loads(out.read_text())
   assert saved["metrics"] == report["metrics"]
   assert (saved["step"], saved["name"], saved["method"], saved["num_tasks"],

@@ -151,10 +151,14 @@ def test_batched_evaluation_plays_each_batch_like_a_separate_call():
   cfg = RolloutConfig(num_tasks=4, group_size=1)
   seeds = train_lib.eval_seeds(4)
   key = jax.random.key(5)
-  batched = train_lib.make_eval_fn(env, MCFG, layout, cfg, batch_size=2)
+  played = []
+  batched = train_lib.make_eval_fn(env, MCFG, layout, cfg, batch_size=2,
+                                   on_batch=played.append)
   single = train_lib.make_eval_fn(env, MCFG, layout,
                                   RolloutConfig(num_tasks=2, group_size=1))
   got = jax.device_get(batched(params, key, seeds))
+  jax.effects_barrier()
+  assert played == [2, 2]   # the progress hook heard of each batch
   halves = [jax.device_get(single(params, jax.random.fold_in(key, i),
                                   seeds[2 * i:2 * i + 2])) for i in range(2)]
   for k in ("pass@1", "pass@2", "return/mean"):
