@@ -91,12 +91,18 @@ def _best_rate(run, min_seconds: float) -> tuple[float, float]:
   return best
 
 
-def _jax_play(env, codec, batch: int, render: bool):
-  """jitted (initial states, call index) -> checksum of STEPS_PER_CALL steps."""
+def _jax_play(env, codec, batch: int, upto: str):
+  """jitted (initial states, call index) -> checksum of STEPS_PER_CALL steps.
+
+  ``upto``: "step" (step only), "render" (+ ``render_symbols``, the symbol
+  ids materialized) or "encode" (+ ``codec.encode``, the token ids
+  materialized): a full turn.
+  """
   params = env.default_params
   step = jax.vmap(env.step, in_axes=(0, 0, None))
   symbols = jax.vmap(env.render_symbols, in_axes=(0, None))
   encode = jax.vmap(codec.encode)
+  width = {"step": 1, "render": env.max_symbols, "encode": codec.max_tokens}[upto]
 
   @jax.jit
   def play(init, call):
@@ -105,14 +111,16 @@ def _jax_play(env, codec, batch: int, render: bool):
       actions = random_actions(call, t, batch, env.num_actions)
       state, ts = step(state, actions, params)
       checksum = checksum + ts.reward.sum()
-      if render:
+      if upto == "render":
+        ids = symbols(state, params)
+      elif upto == "encode":
         buf = encode(symbols(state, params))
         ids, checksum = buf.ids, checksum + buf.length.sum()
       restart = lambda i, s: jnp.where(
           ts.done.reshape((-1,) + (1,) * (s.ndim - 1)), i, s)
       return (jax.tree.map(restart, init, state), ids, checksum), None
 
-    ids = jnp.zeros((batch, codec.max_tokens if render else 1), jnp.int32)
+    ids = jnp.zeros((batch, width), jnp.int32)
     (_, ids, checksum), _ = jax.lax.scan(
         one, (init, ids, jnp.float32(0)), jnp.arange(STEPS_PER_CALL))
     return checksum + ids.sum()
@@ -121,12 +129,12 @@ def _jax_play(env, codec, batch: int, render: bool):
 
 
 def _jax_steps_per_sec(env, codec, batch: int, min_seconds: float,
-                       render: bool) -> tuple[float, float]:
+                       upto: str) -> tuple[float, float]:
   """(steps per second, cores used)."""
   params = env.default_params
   init, _ = jax.jit(lambda k: jax.vmap(env.reset, in_axes=(0, None))(
       jax.random.split(k, batch), params))(jax.random.key(0))
-  play = _jax_play(env, codec, batch, render)
+  play = _jax_play(env, codec, batch, upto)
   jax.block_until_ready(play(init, 0))
   calls = [0]
 
@@ -237,6 +245,12 @@ def run(batches=BATCHES, min_seconds: float = 1.0, envs=("sokoban", "minesweeper
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   resets = ["", "| env | batch | JAX resets/s | Python resets/s | JAX / Python |",
             "|---|---:|---:|---:|---:|"]
+  parts = ["", f"Where a turn's time goes, at batch {max(batches)}: wall ns per "
+           "turn of step only, step + `render_symbols`, and the whole turn "
+           "(+ `encode`); the differences are what rendering and encoding "
+           "add. *Python, ns* is the reference's whole turn.", "",
+           "| env | step ns | + render ns | + encode ns | turn ns | Python, ns "
+           "| turn ns for 100x |", "|---|---:|---:|---:|---:|---:|---:|"]
   for name in envs:
     env = envs_jax.make(name)
     codec = TextCodec.for_env(tok, env, action_terminator="</action>")
@@ -244,8 +258,15 @@ def run(batches=BATCHES, min_seconds: float = 1.0, envs=("sokoban", "minesweeper
     py_step = _py_steps_per_sec(name, min_seconds, render=False)
     py_reset = _py_resets_per_sec(name, min_seconds)
     for b in batches:
-      turn, cores = _jax_steps_per_sec(env, codec, b, min_seconds, render=True)
-      step, _ = _jax_steps_per_sec(env, codec, b, min_seconds, render=False)
+      turn, cores = _jax_steps_per_sec(env, codec, b, min_seconds, upto="encode")
+      step, _ = _jax_steps_per_sec(env, codec, b, min_seconds, upto="step")
+      if b == max(batches):
+        rendered, _ = _jax_steps_per_sec(env, codec, b, min_seconds, upto="render")
+        ns = lambda rate: 1e9 / rate
+        parts.append(
+            f"| {name} | {ns(step):.0f} | {ns(rendered) - ns(step):.0f} | "
+            f"{ns(turn) - ns(rendered):.0f} | {ns(turn):.0f} | {ns(py_turn):,.0f} "
+            f"| {ns(py_turn) / 100:.0f} |")
       lines.append(
           f"| {name} | {b} | {turn:,.0f} | {py_turn:,.0f} | {turn / py_turn:,.1f}x "
           f"| {cores:.2f} | {step:,.0f} | {py_step:,.0f} | {step / py_step:,.1f}x |")
@@ -256,4 +277,4 @@ def run(batches=BATCHES, min_seconds: float = 1.0, envs=("sokoban", "minesweeper
   notes = ["", f"Load average (1 min) before / after: {load_before[0]:.2f} / "
            f"{load_after[0]:.2f} (both sides run back to back in one process; "
            "other jobs may share the machine)."]
-  return "\n".join(lines + resets + notes) + "\n"
+  return "\n".join(lines + resets + parts + notes) + "\n"
