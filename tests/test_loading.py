@@ -177,6 +177,42 @@ def test_blocked_attention_matches_one_block(block):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_key_windows():
+  cfg = llama.TINY_CONFIGS["tiny-llama"]
+  assert llama.key_windows(cfg, 2984) == (384, 768, 1152, 1536, 1920, 2304, 2688,
+                                          2984)
+  assert llama.key_windows(cfg, 300) == (128, 256, 300)
+  assert llama.key_windows(cfg, 100) == (100,)
+  assert llama.key_windows(cfg.replace(cache_windows=0), 2984) == (2984,)
+
+
+def test_windowed_prefill_matches_whole_cache():
+  """Chunks prefilled into a 1024-slot cache (8 windows of 128) attend to the
+  filled prefix only, with holes (masked tokens) in it: the same logits as
+  reading the whole cache and as one forward without a cache."""
+  cfg = llama.TINY_CONFIGS["tiny-llama"]
+  params = llama.init_params(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 400), 0, cfg.vocab_size)
+  mask = jax.random.bernoulli(jax.random.key(2), 0.8, (2, 400)).at[:, 0].set(True)
+  positions = jnp.cumsum(mask, axis=1) - 1
+  full, _, _ = llama.forward(params, cfg, tokens, positions, token_mask=mask)
+  bounds = (0, 100, 150, 300, 400)   # cache windows 128, 128, 256 and 384
+
+  def chunked(c):
+    cache, out = llama.init_cache(c, 2, 1024), []
+    for a, b in zip(bounds, bounds[1:]):
+      logits, _, cache = jax.jit(functools.partial(llama.forward, cfg=c))(
+          params, tokens=tokens[:, a:b], positions=positions[:, a:b],
+          cache=cache, token_mask=mask[:, a:b])
+      out.append(logits)
+    return np.concatenate(out, axis=1)
+
+  windowed, whole = chunked(cfg), chunked(cfg.replace(cache_windows=1))
+  keep = np.asarray(mask)
+  np.testing.assert_allclose(windowed[keep], whole[keep], atol=1e-5)
+  np.testing.assert_allclose(windowed[keep], np.asarray(full)[keep], atol=1e-5)
+
+
 def test_tiny_config_names():
   loaded = loading.load("tiny-qwen3", dtype="bfloat16", key=jax.random.key(7))
   assert loaded.name == "tiny-qwen3"

@@ -64,6 +64,12 @@ class ModelConfig:
   # of [B, H, L, S], in the forward and (each block rematerialised) in the
   # backward: what a training row of thousands of slots needs.
   attention_block: int = 512
+  # A chunk of several tokens attending to a KV cache (a prefill) reads only
+  # the cache's filled prefix, rounded up to one of at most this many static
+  # windows (a ``lax.switch`` on the cache index; 0 or 1: the whole cache).
+  # Early turns of a long context then skip the empty slots. One-token steps
+  # always read the whole cache: slicing it costs them more than it saves.
+  cache_windows: int = 8
   name: str = "llama"
 
   def __post_init__(self):
@@ -162,8 +168,11 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
   return out.astype(x.dtype)
 
 
-def _attention(q, k, v, mask, dtype, block: int = 0):
+def _attention(q, k, v, mask, dtype, block: int = 0, prefix=None):
   """q: [B, L, H, hd]; k, v: [B, S, K, hd]; mask: bool[B, L, S] -> [B, L, H*hd].
+
+  ``prefix``: optional (k, v, mask bool[B, P]) of P earlier slots that every
+  query may attend to (a KV cache's window), placed before ``k``/``v``.
 
   With ``0 < block < L`` the queries go through in blocks of ``block`` (a
   ``lax.map`` of rematerialised blocks; the last block padded): the same
@@ -177,10 +186,17 @@ def _attention(q, k, v, mask, dtype, block: int = 0):
     mb = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
     qb = jnp.moveaxis(qb.reshape(b, n, block, h, hd), 1, 0)
     mb = jnp.moveaxis(mb.reshape(b, n, block, mask.shape[-1]), 1, 0)
-    one = jax.checkpoint(lambda xs: _attention(xs[0], k, v, xs[1], dtype),
+    one = jax.checkpoint(lambda xs: _attention(xs[0], k, v, xs[1], dtype,
+                                               prefix=prefix),
                          prevent_cse=False)
     out = jax.lax.map(one, (qb, mb))                       # [n, B, block, H*hd]
     return jnp.moveaxis(out, 0, 1).reshape(b, n * block, h * hd)[:, :l]
+  if prefix is not None:
+    kp, vp, mp = prefix
+    k = jnp.concatenate([kp, k], axis=1)
+    v = jnp.concatenate([vp, v], axis=1)
+    mask = jnp.concatenate([jnp.broadcast_to(mp[:, None, :], (b, l, mp.shape[1])),
+                            mask], axis=-1)
   kv = k.shape[2]
   q = q.reshape(b, l, kv, h // kv, hd)
   scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
@@ -191,8 +207,21 @@ def _attention(q, k, v, mask, dtype, block: int = 0):
   return out.reshape(b, l, h * hd)
 
 
+def key_windows(cfg: ModelConfig, max_len: int) -> tuple[int, ...]:
+  """The static key windows (prefix lengths, multiples of 128 up to
+  ``max_len``) cached attention chooses from."""
+  n = max(1, min(cfg.cache_windows, -(-max_len // 128)))
+  step = -(-max_len // n // 128) * 128
+  return tuple(sorted({min(max_len, step * i) for i in range(1, n + 1)}))
+
+
 def _block(cfg: ModelConfig, x, layer, positions, attend_mask, kv_in):
-  """One decoder block. kv_in: (k_cache, v_cache, index) or None."""
+  """One decoder block -> (x, (k, v) of the chunk).
+
+  kv_in: None (attention within the chunk) or (k_cache, v_cache, cache_mask,
+  windows, which): the chunk also attends to the cache's first
+  ``windows[which]`` slots where ``cache_mask`` holds.
+  """
   dt = cfg.compute_dtype
   b, l, _ = x.shape
   w = jax.tree.map(lambda a: a.astype(dt), layer)
@@ -211,20 +240,21 @@ def _block(cfg: ModelConfig, x, layer, positions, attend_mask, kv_in):
   q = apply_rope(q, positions, cfg.rope_theta, cfg.rope_interleaved)
   k = apply_rope(k, positions, cfg.rope_theta, cfg.rope_interleaved)
   if kv_in is None:
-    keys, values, kv_out = k, v, None
+    attn = _attention(q, k, v, attend_mask, dt, cfg.attention_block)
   else:
-    k_cache, v_cache, index = kv_in
-    keys = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
-                                        (0, index, 0, 0))
-    values = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
-                                          (0, index, 0, 0))
-    kv_out = (keys, values)
-  attn = _attention(q, keys.astype(dt), values.astype(dt), attend_mask, dt,
-                    cfg.attention_block)
+    k_cache, v_cache, cache_mask, windows, which = kv_in
+    window = lambda width: lambda q, k, v, kc, vc, mc: _attention(
+        q, k, v, attend_mask, dt, cfg.attention_block,
+        prefix=(kc[:, :width].astype(dt), vc[:, :width].astype(dt), mc[:, :width]))
+    args = (q, k, v, k_cache, v_cache, cache_mask)
+    if len(windows) == 1:
+      attn = window(windows[0])(*args)
+    else:
+      attn = jax.lax.switch(which, [window(width) for width in windows], *args)
   x = x + attn @ w["wo"]
   h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   x = x + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
-  return x, kv_out
+  return x, (k, v)
 
 
 def lm_head(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
@@ -264,24 +294,21 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   x = params["embed"].astype(cfg.compute_dtype)[tokens]
   layers = params["layers"]
 
-  if cache is None:
-    causal = jnp.tril(jnp.ones((l, l), jnp.bool_))
-    attend = causal[None] & token_mask[:, None, :]
-    new_mask = None
-  else:
-    slots = jnp.arange(cache.max_len)
-    new_mask = jax.lax.dynamic_update_slice(cache.mask, token_mask, (0, cache.index))
-    query_slot = cache.index + jnp.arange(l)
-    attend = (slots[None, :] <= query_slot[:, None])[None] & new_mask[:, None, :]
+  causal = jnp.tril(jnp.ones((l, l), jnp.bool_))
+  attend = causal[None] & token_mask[:, None, :]     # within the chunk
+  if cache is not None:
+    # Earlier slots: written before this chunk and holding a real token.
+    cache_mask = cache.mask & (jnp.arange(cache.max_len) < cache.index)
+    windows = key_windows(cfg, cache.max_len) if l > 1 else (cache.max_len,)
+    # The smallest window that holds every slot before the chunk.
+    which = jnp.sum(jnp.asarray(windows[:-1]) < cache.index)
 
   def body(x, xs):
-    if cache is None:
-      layer, kv_in = xs, None
-    else:
-      layer, k_c, v_c = xs
-      kv_in = (k_c, v_c, cache.index)
-    x, kv_out = _block(cfg, x, layer, positions, attend, kv_in)
-    return x, kv_out
+    if cache is None:   # nothing to keep of the keys and values
+      return _block(cfg, x, xs, positions, attend, None)[0], None
+    layer, k_c, v_c = xs
+    return _block(cfg, x, layer, positions, attend,
+                  (k_c, v_c, cache_mask, windows, which))
 
   if cfg.remat:
     body = jax.checkpoint(body, prevent_cse=False)
@@ -290,7 +317,15 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   hidden = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
   logits = lm_head(params, cfg, hidden) if compute_logits else None
   if cache is not None:
-    cache = KVCache(k=kv[0], v=kv[1], mask=new_mask, index=cache.index + l)
+    # One write of the chunk's keys and values into every layer's slots
+    # (in place when the cache is a loop carry or donated): the layers only
+    # read the cache.
+    at = (0, 0, cache.index, 0, 0)
+    cache = KVCache(
+        k=jax.lax.dynamic_update_slice(cache.k, kv[0].astype(cache.k.dtype), at),
+        v=jax.lax.dynamic_update_slice(cache.v, kv[1].astype(cache.v.dtype), at),
+        mask=jax.lax.dynamic_update_slice(cache.mask, token_mask, (0, cache.index)),
+        index=cache.index + l)
   return logits, hidden, cache
 
 
