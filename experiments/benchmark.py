@@ -1,6 +1,6 @@
 """Benchmarks, one subcommand each.
 
-    python -m experiments.benchmark generate [--write_docs]
+    python -m experiments.benchmark {cache,envs,generate,scaling} [--write_docs]
 
 Every subcommand is a function in ``SUBCOMMANDS`` that takes no arguments
 (it reads its own flags) and returns one markdown section: a ``## Title`` line,
@@ -522,6 +522,75 @@ def bench_scaling() -> str:
 
 
 # ----------------------------------------------------------------------------
+# cache: cached attention over a long context (what a rollout's turns cost).
+# ----------------------------------------------------------------------------
+
+_CACHE_SLOTS = flags.DEFINE_integer(
+    "cache_slots", 2984, "cache: context slots (2984: a 20-turn MineSweeper "
+    "attempt, the longest evaluation context of the experiment configs).")
+_CACHE_BATCH = flags.DEFINE_integer("cache_batch", 16, "cache: rows.")
+_CACHE_CHUNK = flags.DEFINE_integer(
+    "cache_chunk", 130, "cache: tokens of a prefill chunk (about one turn).")
+
+
+def bench_cache() -> str:
+  """ms per prefill chunk and per decoded token at several cache fills, with
+  and without ``ModelConfig.cache_windows``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lamer_jax.models import llama, loading  # pylint: disable=g-import-not-at-top
+
+  model = loading.load(_GEN_MODEL)
+  rows, slots, chunk = _CACHE_BATCH.value, _CACHE_SLOTS.value, _CACHE_CHUNK.value
+  steps = 4
+
+  def ms_per_call(cfg, fill: int, length: int) -> float:
+    """Median ms of one forward of ``length`` tokens per row into a cache
+    holding ``fill`` slots, inside a loop (the cache a carry, as in decoding)."""
+    def loop(params, cache):
+      def body(_, carry):
+        cache, acc = carry
+        pos = jnp.broadcast_to(cache.index + jnp.arange(length), (rows, length))
+        _, hidden, cache = llama.forward(params, cfg, jnp.ones((rows, length), jnp.int32),
+                                         pos, cache, compute_logits=False)
+        return cache.replace(index=cache.index - length), acc + hidden[:, -1].sum()
+      return jax.lax.fori_loop(0, steps, body, (cache, jnp.float32(0)))[1]
+
+    cache = llama.init_cache(cfg, rows, slots)
+    cache = cache.replace(index=jnp.int32(fill),
+                          mask=jnp.broadcast_to(jnp.arange(slots) < fill, (rows, slots)))
+    fn = jax.jit(loop)
+    timed = _time_calls(lambda: jax.block_until_ready(fn(model.params, cache)), 3)
+    return 1e3 * statistics.median(timed["wall_s"]) / steps
+
+  fills = [int(slots * f) // 128 * 128 for f in (0.1, 0.5, 0.9)]
+  whole = model.cfg.replace(cache_windows=1)
+  lines = [
+      "## Cached attention", "", f"Command: `{_command()}`", "",
+      f"SmolLM2-135M-Instruct (float32), {rows} rows, a {slots}-slot KV cache "
+      f"filled up to the given slot; ms per forward of a {chunk}-token prefill "
+      "chunk (one turn's observation) and of one decoded token, each the median "
+      f"of 3 calls of a {steps}-iteration loop that carries the cache (as "
+      "decoding does). *Whole cache*: `cache_windows=1`, every slot read; "
+      f"*windowed*: the default `cache_windows={model.cfg.cache_windows}` "
+      f"(windows {', '.join(map(str, llama.key_windows(model.cfg, slots)))}). "
+      "Decoding always reads the whole cache. Layers only read the cache; "
+      "each forward writes its new keys and values once, after the layers.", "",
+      "| filled slots | prefill ms, whole cache | prefill ms, windowed | speed-up "
+      "| decode ms per token |", "|---:|---:|---:|---:|---:|"]
+  for fill in fills:
+    a = ms_per_call(whole, fill, chunk)
+    b = ms_per_call(model.cfg, fill, chunk)
+    d = ms_per_call(model.cfg, fill, 1)
+    lines.append(f"| {fill} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {d:,.0f} |")
+  load = os.getloadavg()[0]
+  lines += ["", f"Load average (1 min) at the end: {load:.2f}.", "",
+            f"Machine: {_machine()}; jax {jax.__version__}; "
+            f"{datetime.date.today().isoformat()}.", ""]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
 # Dispatch.
 # ----------------------------------------------------------------------------
 
@@ -543,6 +612,7 @@ def bench_envs() -> str:
 
 
 SUBCOMMANDS: dict[str, Callable[[], str]] = {
+    "cache": bench_cache,
     "envs": bench_envs,
     "generate": bench_generate,
     "scaling": bench_scaling,
