@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import common, evaluate, plot, train
+import envs_jax
+from experiments import common, evaluate, plot, random_baseline, train
 from experiments.configs import base, tiny
 from lamer_jax import checkpoint, metrics
 from lamer_jax.train_step import AlgoConfig
@@ -347,3 +348,15 @@ def test_sigterm_saves_a_loadable_checkpoint(experiment, tmp_path):
   assert int(state.step) == step
   logged = [r["step"] for r in metrics.read_jsonl(jsonl)]
   assert logged == list(range(1, step + 1))
+
+
+def test_random_baseline_matches_the_odds_of_guessing():
+  """One guess per attempt among 3 numbers, attempts independent: pass@1 =
+  1/3 and pass@3 = 1 - (2/3)^3 (3000 tasks: 4 standard errors of slack)."""
+  env = envs_jax.make("guess", num_options=3)
+  m = random_baseline.random_trials(env, 3000, 3, jax.random.key(0), turns=1)
+  assert abs(m["pass@1"] - 1 / 3) < 0.035
+  assert abs(m["pass@3"] - (1 - (2 / 3) ** 3)) < 0.035
+  assert m["turns/mean"] == 1 and m["invalid_rate"] == 0
+  # A trial stops at its first success: attempt 2 runs for the failed ones.
+  assert abs(m["attempts/mean"] - (1 + 2 / 3 + 4 / 9)) < 0.05
