@@ -33,6 +33,7 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 import envs_jax
 from envs_jax.core import Environment
@@ -40,7 +41,6 @@ from experiments.configs import base
 from lamer_jax import losses, prompts, returns, sharding
 from lamer_jax.models import loading
 from lamer_jax.rollout import RolloutConfig
-from tqdm import tqdm
 from lamer_jax.train_step import (AlgoConfig, TrainState, eval_seeds,
                                   init_train_state, make_eval_fn, make_train_step)
 
@@ -345,7 +345,7 @@ class EvalProgress:
 
   The compiled evaluation reports every finished batch of tasks here; the
   count goes to a tqdm bar while ``show`` holds one open, and nowhere
-  otherwise (the callback itself costs nothing measurable).
+  otherwise.
   """
 
   def __init__(self):
