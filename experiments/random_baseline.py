@@ -52,7 +52,7 @@ def random_trials(env: envs_jax.Environment, num_tasks: int, attempts: int,
         return (state, done | ts.done), (ts.reward, played, ts.invalid, ts.won & played)
 
       _, (rewards, played, invalid, won) = jax.lax.scan(
-          turn, (init, ~jnp.ones(num_tasks, jnp.bool_)), jax.random.split(akey, turns))
+          turn, (init, jnp.zeros(num_tasks, jnp.bool_)), jax.random.split(akey, turns))
       won = jnp.any(won, axis=0)
       valid = ~over
       return over | won, (won & valid, valid, rewards.T, played.T, invalid.T)
