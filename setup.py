@@ -2,8 +2,12 @@
 
 from setuptools import find_packages, setup
 
-# Ranges tested together: jax 0.10.2 (CPU, Python 3.11) and jax 0.11.x (CUDA,
-# Python 3.12). jax/flax move fast: widen only after running the suite.
+# Everything the library and its entry points (train, evaluate, plot,
+# random_baseline, benchmark's JAX side) import at run time: .ci/run runs the
+# main job in a venv built from `pip install -e .` alone, so a missing one
+# fails CI. Ranges tested together: jax 0.10.2 (CPU, Python 3.11) and jax
+# 0.11.x (CUDA, Python 3.12). jax/flax move fast: widen only after running
+# the suite.
 INSTALL_REQUIRES = [
     "jax>=0.10.2,<0.12",
     "flax>=0.12,<0.13",
@@ -15,18 +19,20 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
     "ml-collections>=1.0,<2",
     "transformers>=5.0,<6",
+    "jinja2>=3.1,<4",             # transformers' chat templates (prompts.chat_pieces)
     "tokenizers>=0.21,<0.24",
     "safetensors>=0.5,<0.9",
     "gguf>=0.17,<0.20",
     "tqdm>=4.66,<5",
-    "matplotlib>=3.8,<4",
+    "matplotlib>=3.8,<4",          # experiments.plot
+    "tensorboardX>=2.6,<3",        # TensorBoard event files in every run's workdir
 ]
 
 EXTRAS = {
     # torch is the parity oracle for the model tests and the generation benchmark.
     "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch>=2.4,<2.14", "accelerate>=1.0,<2",
              "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
-    "dev": ["tensorboardX>=2.6,<3", "ruff>=0.6"],
+    "dev": ["ruff>=0.6"],
 }
 
 setup(

@@ -237,6 +237,12 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
                      f"{algo.lr}, {algo.clip_eps}, {algo.grad_clip}")
   if algo.dual_clip is not None and algo.dual_clip <= 1:
     raise ValueError(f"algo.dual_clip must be > 1 (or None), got {algo.dual_clip}")
+  for name in ("b1", "b2"):
+    if not 0 <= algo[name] < 1:
+      raise ValueError(f"algo.{name} (an Adam decay rate) must be in [0, 1), got "
+                       f"{algo[name]}")
+  if not algo.adam_eps > 0:
+    raise ValueError(f"algo.adam_eps must be > 0, got {algo.adam_eps}")
   if config.method in TRAINING_METHODS:
     if config.rollout.group_size < 2:
       raise ValueError("rollout.group_size must be >= 2 for training: advantages "

@@ -12,8 +12,8 @@ SIGINT saves a checkpoint after the step in flight, then exits with status
 Writes into ``--workdir``: ``config.json``, ``checkpoints/``,
 ``metrics.jsonl`` (one line per step: ``step``, ``time``, train metrics,
 ``time/step_s``, ``perf/tokens_per_s`` and, on evaluation steps, ``eval/``
-metrics on the held-out tasks) and ``tensorboard/`` when tensorboardX is
-installed. Ends with the pass@k table of the last evaluation. Methods that do
+metrics on the held-out tasks) and ``tensorboard/`` (event files of the same
+metrics). Ends with the pass@k table of the last evaluation. Methods that do
 not train (``zero_shot``, ``reflexion``; ``train.steps=0``) evaluate once.
 """
 

@@ -1,4 +1,4 @@
-"""Metric writers: JSON lines (always) and TensorBoard (when installed).
+"""Metric writers: JSON lines and TensorBoard event files.
 
     writers = open_writers(workdir, resume_step=None)   # or the restored step
     writers.write(step, {"pass@1": 0.25, "eval/pass@3": 0.5})
@@ -8,7 +8,9 @@
 seconds when the line was written) and every metric. A resumed run first drops
 the lines past the step it restored, so the file always describes one
 consistent history; TensorBoard's own ``purge_step`` does the same for its
-event files.
+event files. tensorboardX is a dependency; where it is missing anyway (an
+install with ``--no-deps``), one warning says that the event files are off and
+how to turn them on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 import re
 import time
 from typing import Any, Iterable
+
+from absl import logging
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -121,4 +125,8 @@ def open_writers(workdir: str | os.PathLike, resume_step: int | None = None,
   if tensorboard and tensorboard_available():
     writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR),
                                      resume_step))
+  elif tensorboard:
+    logging.warning("TensorBoard event files are off: tensorboardX is not "
+                    "installed (pip install 'tensorboardX>=2.6,<3' turns them "
+                    "on); metrics go to %s only", JSONL_NAME)
   return Writers(writers)

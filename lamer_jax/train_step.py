@@ -53,6 +53,7 @@ class AlgoConfig:
   grad_clip: float = 1.0
   b1: float = 0.9
   b2: float = 0.999
+  adam_eps: float = 1e-8            # Adam's epsilon (optax's default)
   ppo_epochs: int = 1
   num_minibatches: int = 1
 
@@ -78,7 +79,8 @@ def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
     lr = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
-      optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+      optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps,
+                  weight_decay=cfg.weight_decay))
 
 
 def init_train_state(params, algo: AlgoConfig, key: jax.Array) -> TrainState:

@@ -121,8 +121,10 @@ def test_unknown_key_raises_value_error_naming_valid_keys():
     ("rollout.num_turns", 3, r"exceeds guess's max_turns=1"),
     ("rollout.top_p", 0.0, r"rollout.top_p must be in \(0, 1\]"),
     ("algo.gamma_traj", 1.5, r"algo.gamma_traj must be in \[0, 1\]"),
+    ("algo.b2", 1.0, r"algo.b2 \(an Adam decay rate\) must be in \[0, 1\), got 1.0"),
+    ("algo.adam_eps", 0.0, r"algo.adam_eps must be > 0, got 0.0"),
     ("mesh.data", 3, r"mesh: mesh \{'data': 3, 'fsdp': 1, 'tensor': 1\} has 3 "
-     r"devices but 1 are available.*--config.mesh"),
+     rf"devices but {jax.device_count()} are available.*--config.mesh"),
     ("mesh.fsdp", 0, r"mesh: mesh axis sizes must be positive or -1"),
     ("mesh.tensor", -2, r"mesh: mesh axis sizes must be positive or -1"),
     ("eval.batch_size", 3, r"eval.batch_size=3 does not divide eval.num_tasks=4"),

@@ -90,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.algo.grad_clip = 1.0
   config.algo.b1 = 0.9
   config.algo.b2 = 0.999
+  config.algo.adam_eps = 1e-8
   config.algo.ppo_epochs = 1
   # LaMer's PPO mini-batches hold 64 turn-samples; ours hold whole attempt
   # rows, so 384 rows (16 x 8 x 3) of up to 7 Sokoban turns split into 48
