@@ -1,23 +1,36 @@
-"""The environment contract shared by every game, and the wrappers built on it.
+"""The environment contract shared by every game (version 2).
 
 A game is a frozen dataclass (its *static* configuration: board size, number of
 boxes, ...) whose methods are pure functions of pytrees, so ``jax.jit`` can take
 the game itself as a static argument and ``jax.vmap`` can batch its state:
 
     env = envs_jax.make("sokoban")
-    params = env.default_params                 # pytree: task-distribution knobs
-    state, ts = env.reset(key, params)          # level generation happens here
-    state, ts = env.step(state, action, params) # action: int32 into env.action_strings
+    params = env.default_params          # pytree: task-distribution knobs
+    state, ts = env.reset(key, params)   # the task (level) is drawn here
+    state, ts = env.step(key, state, action, params)
+    # action: int32 index into env.action_strings; key: this step's chance
+
+``step`` takes a PRNG key first, as in gymnax: a game with chance (a
+Rock-Paper-Scissors opponent) draws its fresh randomness from that key, so an
+attempt restarted from the saved initial state replays differently under new
+keys and identically under the same keys. Deterministic games ignore the key.
+Everything about the task (the level, the hidden opponent) is drawn in
+``reset`` from its key and lives in the state.
 
 Games know nothing of tokenizers: they render to *symbols*, indices into the static
-tuple ``env.symbols``; ``envs_jax.text`` turns symbols into token ids.
+tuple ``env.symbols``; ``envs_jax.text`` turns symbols into token ids. Batching
+is ``jax.vmap`` of the methods; the trial loop (attempts restarted from the
+initial state) lives in ``lamer_jax.agent``.
+
+Version history: 1, ``step(state, action, params)``; 2, ``step(key, state,
+action, params)`` and ``max_turns`` part of the contract.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +39,7 @@ from flax import struct
 State = TypeVar("State")
 Params = TypeVar("Params")
 
-API_VERSION = 1  # bumped whenever reset/step/render signatures change
+API_VERSION = 2  # bumped whenever reset/step/render signatures change
 
 
 @struct.dataclass
@@ -62,9 +75,16 @@ class Environment(abc.ABC, Generic[State, Params]):
 
   Subclasses define the class attributes / properties below and the abstract
   methods. Everything that runs under ``jit`` takes and returns pytrees only.
+
+  Required attributes (dataclass fields in every game):
+    name: the registry name.
+    max_turns: int, the attempt's turn limit: an attempt is over (``done``)
+      after at most this many ``step`` calls. The trial loop sizes its turn
+      budget by it; a game may end an attempt earlier.
   """
 
   name: str = "environment"
+  max_turns: int
 
   # ---- static description ------------------------------------------------
   @property
@@ -114,9 +134,17 @@ class Environment(abc.ABC, Generic[State, Params]):
     """Samples a new task (level) and returns its initial state."""
 
   @abc.abstractmethod
-  def step(self, state: State, action: jax.Array,
+  def step(self, key: jax.Array, state: State, action: jax.Array,
            params: Params) -> tuple[State, TimeStep]:
-    """Applies one action. Stepping a finished attempt leaves it unchanged."""
+    """Applies one action. Stepping a finished attempt leaves it unchanged.
+
+    Args:
+      key: PRNG key of this step's chance events (deterministic games ignore
+        it). Replaying an attempt with the same keys repeats it exactly.
+      state: the attempt's state.
+      action: int32 index into ``action_strings``.
+      params: the task-distribution parameters.
+    """
 
   # ---- views -----------------------------------------------------------------
   @abc.abstractmethod
@@ -160,131 +188,3 @@ def hash_arrays(*arrays: jax.Array) -> jax.Array:
 
     h, _ = jax.lax.scan(mix, h, flat)
   return h
-
-
-# ---------------------------------------------------------------------------
-# Wrappers
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class VmapEnv:
-  """Batched views of an environment: every method maps over a leading axis.
-
-  ``params`` may be batched (one task distribution per row) or shared; pass
-  ``params_batched=True`` for the former.
-  """
-
-  env: Environment
-  params_batched: bool = False
-
-  def _axes(self, n_state_args: int):
-    p = 0 if self.params_batched else None
-    return (0,) * n_state_args + (p,)
-
-  def reset(self, keys: jax.Array, params):
-    return jax.vmap(self.env.reset, in_axes=self._axes(1))(keys, params)
-
-  def step(self, states, actions: jax.Array, params):
-    return jax.vmap(self.env.step, in_axes=self._axes(2))(states, actions, params)
-
-  def render_symbols(self, states, params):
-    return jax.vmap(self.env.render_symbols, in_axes=self._axes(1))(states, params)
-
-  def action_mask(self, states, params):
-    return jax.vmap(self.env.action_mask, in_axes=self._axes(1))(states, params)
-
-  def state_key(self, states):
-    return jax.vmap(self.env.state_key)(states)
-
-
-@struct.dataclass
-class AutoResetState(Generic[State]):
-  inner: Any
-  key: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class AutoReset:
-  """Starts a fresh task (new level) whenever an attempt ends.
-
-  The returned TimeStep is the one of the finishing step (its reward, done, won),
-  while the returned state is already the new task's initial state.
-  """
-
-  env: Environment
-
-  def reset(self, key: jax.Array, params):
-    key, sub = jax.random.split(key)
-    inner, ts = self.env.reset(sub, params)
-    return AutoResetState(inner=inner, key=key), ts
-
-  def step(self, state: AutoResetState, action: jax.Array, params):
-    inner, ts = self.env.step(state.inner, action, params)
-    key, sub = jax.random.split(state.key)
-    fresh, _ = self.env.reset(sub, params)
-    inner = jax.tree.map(lambda f, s: jnp.where(ts.done, f, s), fresh, inner)
-    key = jnp.where(ts.done, key, state.key)
-    return AutoResetState(inner=inner, key=key), ts
-
-
-@struct.dataclass
-class TrialState(Generic[State]):
-  """A trial: N attempts at one task, each restarting from ``initial``."""
-
-  initial: Any        # the task's initial state, saved at reset
-  current: Any        # the state of the running attempt
-  attempt: jax.Array  # int32 index of the running attempt, 0..N-1
-  solved: jax.Array   # bool, some attempt succeeded (the trial stops there)
-  over: jax.Array     # bool, the trial is finished (solved or out of attempts)
-
-
-@struct.dataclass
-class TrialStep:
-  """A TimeStep plus the trial bookkeeping of the step that produced it."""
-
-  timestep: TimeStep
-  attempt: jax.Array        # int32 attempt the step belonged to
-  attempt_over: jax.Array   # bool, this step ended its attempt
-  trial_over: jax.Array     # bool, this step ended the trial
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-  """Runs up to ``num_attempts`` attempts at the same task.
-
-  After an attempt ends without success, the next attempt starts from the
-  saved initial state (states are immutable pytrees, so no ``restart`` method
-  is needed). The trial stops at the first success. Steps taken after the
-  trial is over are no-ops.
-  """
-
-  env: Environment
-  num_attempts: int = 3
-
-  def reset(self, key: jax.Array, params):
-    initial, ts = self.env.reset(key, params)
-    false = jnp.zeros((), jnp.bool_)
-    state = TrialState(initial=initial, current=initial,
-                       attempt=jnp.zeros((), jnp.int32), solved=false, over=false)
-    return state, TrialStep(timestep=ts, attempt=state.attempt,
-                            attempt_over=false, trial_over=false)
-
-  def step(self, state: TrialState, action: jax.Array, params):
-    nxt, ts = self.env.step(state.current, action, params)
-    live = ~state.over
-    attempt_over = live & ts.done
-    solved = state.solved | (attempt_over & ts.won)
-    last = state.attempt + 1 >= self.num_attempts
-    trial_over = attempt_over & (ts.won | last)
-    restart = attempt_over & ~trial_over
-    current = jax.tree.map(
-        lambda init, n, old: jnp.where(restart, init, jnp.where(live, n, old)),
-        state.initial, nxt, state.current)
-    new = TrialState(
-        initial=state.initial, current=current,
-        attempt=state.attempt + restart.astype(jnp.int32),
-        solved=solved, over=state.over | trial_over)
-    ts = jax.tree.map(lambda x: jnp.where(live, x, jnp.zeros_like(x)), ts)
-    return new, TrialStep(timestep=ts, attempt=state.attempt,
-                          attempt_over=attempt_over, trial_over=trial_over)

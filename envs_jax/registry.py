@@ -55,13 +55,15 @@ def make(name: str, **overrides: Any) -> Environment:
   return env
 
 
-register("sokoban", "envs_jax.sokoban:Sokoban")
-register("sokoban-hard", "envs_jax.sokoban:Sokoban", num_boxes=3)
-register("sokoban-8x8", "envs_jax.sokoban:Sokoban", height=8, width=8, num_boxes=3)
-register("minesweeper", "envs_jax.minesweeper:MineSweeper")
-register("minesweeper-hard", "envs_jax.minesweeper:MineSweeper", num_mines=5)
-register("minesweeper-8x8", "envs_jax.minesweeper:MineSweeper", height=8, width=8,
+register("sokoban", "envs_jax.games.sokoban:Sokoban")
+register("sokoban-hard", "envs_jax.games.sokoban:Sokoban", num_boxes=3)
+register("sokoban-8x8", "envs_jax.games.sokoban:Sokoban", height=8, width=8,
+         num_boxes=3)
+register("minesweeper", "envs_jax.games.minesweeper:MineSweeper")
+register("minesweeper-hard", "envs_jax.games.minesweeper:MineSweeper", num_mines=5)
+register("minesweeper-8x8", "envs_jax.games.minesweeper:MineSweeper", height=8, width=8,
          num_mines=8)
-register("minesweeper-4x4", "envs_jax.minesweeper:MineSweeper", height=4, width=4,
+register("minesweeper-4x4", "envs_jax.games.minesweeper:MineSweeper", height=4, width=4,
          num_mines=2)
-register("guess", "envs_jax.guess:GuessNumber")
+register("guess", "envs_jax.games.guess:GuessNumber")
+register("rps", "envs_jax.games.rps:RockPaperScissors")

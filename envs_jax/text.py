@@ -15,8 +15,9 @@ can hold), most of a rendering's token layout is known before it is drawn, and
 renderings that do not follow the slots fall back to the general algorithm, so
 the result never depends on the path taken.
 
-``ByteTokenizer`` is a tokenizer without a vocabulary file (UTF-8 bytes plus a
-few special tokens) for tiny from-scratch models and fast tests.
+Tokenizers are the model's business (``lamer_jax.models.tokenizer``, with the
+byte-level ``ByteTokenizer`` of the tiny models); this module only calls
+``encode`` / ``decode`` on whatever tokenizer it is given.
 """
 
 from __future__ import annotations
@@ -69,74 +70,6 @@ def concat(a: TokenBuffer, b: TokenBuffer, pad_id: int,
   pos = jnp.where(b.mask, a.length + jnp.arange(b.capacity), cap)
   out = out.at[pos].set(b.ids, mode="drop")
   return TokenBuffer(ids=out, length=jnp.minimum(a.length + b.length, cap))
-
-
-class ByteTokenizer:
-  """UTF-8 bytes as tokens 0..255, plus ``<pad>`` 256, ``<|im_start|>`` 257 and
-  ``<|im_end|>`` 258 (259 ids, matching the tiny model configs).
-
-  Implements the small part of the ``transformers`` tokenizer interface that
-  lamer-jax uses: ``encode``, ``decode``, ``apply_chat_template``, ``len()`` and
-  the special-token ids.
-  """
-
-  pad_token_id = 256
-  bos_token_id = 257
-  eos_token_id = 258
-  _specials = {256: "<pad>", 257: "<|im_start|>", 258: "<|im_end|>"}
-
-  def __len__(self) -> int:
-    return 259
-
-  @property
-  def vocab_size(self) -> int:
-    return 259
-
-  @property
-  def name_or_path(self) -> str:
-    return "byte"
-
-  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-    del add_special_tokens  # no implicit specials, like the chat models we use
-    out: list[int] = []
-    inv = {v: k for k, v in self._specials.items()}
-    i = 0
-    while i < len(text):
-      for tok, tid in inv.items():
-        if text.startswith(tok, i):
-          out.append(tid)
-          i += len(tok)
-          break
-      else:
-        out.extend(text[i].encode("utf-8"))
-        i += 1
-    return out
-
-  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-    data = bytearray()
-    parts: list[str] = []
-    for t in ids:
-      t = int(t)
-      if t < 256:
-        data.append(t)
-        continue
-      parts.append(data.decode("utf-8", errors="replace"))
-      data = bytearray()
-      if not skip_special_tokens:
-        parts.append(self._specials[t])
-    parts.append(data.decode("utf-8", errors="replace"))
-    return "".join(parts)
-
-  def apply_chat_template(self, messages: Sequence[dict[str, str]],
-                          add_generation_prompt: bool = False,
-                          tokenize: bool = True, **unused: Any):
-    """ChatML: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message."""
-    del unused
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
-                   for m in messages)
-    if add_generation_prompt:
-      text += "<|im_start|>assistant\n"
-    return self.encode(text) if tokenize else text
 
 
 def _tokenize(tokenizer, text: str) -> list[int]:
@@ -221,7 +154,7 @@ class TextCodec:
     """Tokenizes every symbol and candidate action (host side, once).
 
     Args:
-      tokenizer: a ``transformers``-style tokenizer (or ``ByteTokenizer``).
+      tokenizer: a ``transformers``-style tokenizer (or ``lamer_jax.models.tokenizer.ByteTokenizer``).
       symbols: the strings renderings are made of.
       action_strings: the candidate actions.
       max_symbols: S, the length of a rendering.

@@ -16,7 +16,9 @@ its saved initial state (what a trial does); level generation is timed
 separately (``reset``). JAX draws the actions from a counter-based integer
 hash (a few operations per action) rather than ``jax.random`` (threefry costs
 about as much as a MineSweeper step on CPU and is no part of an environment);
-Python uses ``random.Random.randrange``, about 2% of its step. Python restarts
+Python uses ``random.Random.randrange``, about 2% of its step. Each JAX step
+also gets its own PRNG key (contract v2); the deterministic games ignore it, so
+XLA drops the key derivation from the compiled loop. Python restarts
 by a shallow copy of the initial game plus a copy of what ``step`` mutates,
 the cheapest faithful restart (JAX selects the saved initial state).
 
@@ -39,7 +41,8 @@ import jax.numpy as jnp
 import envs_jax
 from envs_jax.reference.minesweeper import PyMineSweeper
 from envs_jax.reference.sokoban import PySokoban
-from envs_jax.text import ByteTokenizer, TextCodec
+from envs_jax.text import TextCodec
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 BATCHES = (1, 64, 1024, 8192)
 STEPS_PER_CALL = 50
@@ -99,7 +102,7 @@ def _jax_play(env, codec, batch: int, upto: str):
   materialized): a full turn.
   """
   params = env.default_params
-  step = jax.vmap(env.step, in_axes=(0, 0, None))
+  step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
   symbols = jax.vmap(env.render_symbols, in_axes=(0, None))
   encode = jax.vmap(codec.encode)
   width = {"step": 1, "render": env.max_symbols, "encode": codec.max_tokens}[upto]
@@ -109,7 +112,9 @@ def _jax_play(env, codec, batch: int, upto: str):
     def one(carry, t):
       state, ids, checksum = carry
       actions = random_actions(call, t, batch, env.num_actions)
-      state, ts = step(state, actions, params)
+      keys = jax.random.split(
+          jax.random.fold_in(jax.random.fold_in(jax.random.key(0), call), t), batch)
+      state, ts = step(keys, state, actions, params)
       checksum = checksum + ts.reward.sum()
       if upto == "render":
         ids = symbols(state, params)

@@ -391,23 +391,23 @@ def _scaling_measure(spec: dict[str, Any]) -> dict[str, Any]:
   """In a process with ``prod(mesh)`` devices: compile, warm up, time steps."""
   import jax  # pylint: disable=g-import-not-at-top
   import envs_jax  # pylint: disable=g-import-not-at-top
-  from envs_jax.text import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from lamer_jax import sharding  # pylint: disable=g-import-not-at-top
-  from lamer_jax import train_step as train_lib  # pylint: disable=g-import-not-at-top
+  from lamer_jax.agent.layout import TrialShape, build_layout  # pylint: disable=g-import-not-at-top
+  from lamer_jax.agent.trial import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from lamer_jax.algos import lamer as train_lib  # pylint: disable=g-import-not-at-top
   from lamer_jax.models import llama  # pylint: disable=g-import-not-at-top
-  from lamer_jax.prompts import build_layout  # pylint: disable=g-import-not-at-top
-  from lamer_jax.rollout import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from lamer_jax.models.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
 
   data, fsdp, tensor = spec["mesh"]
   mesh = sharding.make_mesh(sharding.MeshConfig(data, fsdp, tensor))
   env = envs_jax.make("guess")
-  layout = build_layout(ByteTokenizer(), env, num_attempts=_SCALING_ATTEMPTS,
-                        num_turns=_SCALING_TURNS, memory="history_only")
+  shape = TrialShape(num_tasks=spec["tasks"], group_size=spec["group"],
+                     num_attempts=_SCALING_ATTEMPTS, num_turns=_SCALING_TURNS)
+  layout = build_layout(ByteTokenizer(), env, shape, memory="history_only")
   mcfg = llama.TINY_CONFIGS["tiny-llama"]
-  rollout_cfg = RolloutConfig(num_tasks=spec["tasks"], group_size=spec["group"])
   algo = train_lib.AlgoConfig(lr=1e-4, num_minibatches=2)
-  step = sharding.make_sharded_train_step(env, mcfg, layout, rollout_cfg, algo,
-                                          mesh)
+  step = train_lib.make_train_step(env, mcfg, layout, RolloutConfig(), algo,
+                                   mesh=mesh)
   state = sharding.shard_train_state(
       train_lib.init_train_state(llama.init_params(mcfg, jax.random.key(0)),
                                  algo, jax.random.key(1)), mesh, mcfg)
@@ -502,7 +502,7 @@ def bench_scaling() -> str:
       "step; it says nothing about speed-up on real accelerators, where each "
       "device brings its own compute.",
       "",
-      f"`lamer_jax.sharding.make_sharded_train_step`: tiny-llama (random "
+      f"`lamer_jax.algos.lamer.make_train_step(..., mesh=)`: tiny-llama (random "
       f"weights, byte tokenizer), env `guess`, memory `history_only`, "
       f"{_SCALING_ATTEMPTS} attempts x {_SCALING_TURNS} turns, fixed global batch "
       f"of {_SCALING_TASKS.value} tasks x {_SCALING_GROUP.value} trials = "

@@ -1,6 +1,6 @@
 """From an ml_collections config to the library's objects.
 
-    config = lamer_sokoban.get_config()
+    config = lamer.get_config("sokoban")   # experiments/configs/lamer.py
     exp = build(config)          # validates first, then loads the model
     state = init_state(exp)
     state, metrics = exp.train_step(state)
@@ -38,11 +38,12 @@ from tqdm import tqdm
 import envs_jax
 from envs_jax.core import Environment
 from experiments.configs import base
-from lamer_jax import losses, prompts, returns, sharding
+from lamer_jax import losses, returns, sharding
+from lamer_jax.agent import layout as layout_lib
+from lamer_jax.agent.trial import RolloutConfig, eval_seeds
+from lamer_jax.algos.lamer import (AlgoConfig, TrainState, init_train_state,
+                                   make_eval_fn, make_train_step)
 from lamer_jax.models import loading
-from lamer_jax.rollout import RolloutConfig
-from lamer_jax.train_step import (AlgoConfig, TrainState, eval_seeds,
-                                  init_train_state, make_eval_fn, make_train_step)
 
 METHODS = base.METHODS
 CHECKPOINT_DIR = "checkpoints"   # under a run's workdir
@@ -118,6 +119,16 @@ def env_params(env: Environment, overrides: dict[str, Any]) -> Any:
 def num_turns(config: ml_collections.ConfigDict, env: Environment) -> int:
   """Turns per attempt: ``rollout.num_turns``, by default the game's limit."""
   return config.rollout.num_turns or int(env.max_turns)
+
+
+def trial_shape(config: ml_collections.ConfigDict,
+                env: Environment) -> layout_lib.TrialShape:
+  """The training trials' shape: ``rollout.num_tasks`` x ``group_size`` x
+  ``num_attempts`` x ``num_turns``, the one place the config says it."""
+  return layout_lib.TrialShape(num_tasks=config.rollout.num_tasks,
+                               group_size=config.rollout.group_size,
+                               num_attempts=config.rollout.num_attempts,
+                               num_turns=num_turns(config, env))
 
 
 def eval_num_tasks(config: ml_collections.ConfigDict) -> int:
@@ -203,8 +214,8 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
     raise ValueError(f"model.name={name!r} is not valid; choose one of "
                      f"{loading.valid_names()} or give a local checkpoint path")
   _choice("model.dtype", config.model.dtype, DTYPES)
-  _choice("rollout.memory", config.rollout.memory, prompts.MEMORY_MODES)
-  _choice("rollout.action_mode", config.rollout.action_mode, prompts.ACTION_MODES)
+  _choice("rollout.memory", config.rollout.memory, layout_lib.MEMORY_MODES)
+  _choice("rollout.action_mode", config.rollout.action_mode, layout_lib.ACTION_MODES)
   _choice("algo.estimator", config.algo.estimator, returns.ESTIMATORS)
   _choice("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS)
   _positive(config, "rollout.num_tasks", "rollout.group_size", "rollout.num_attempts",
@@ -383,8 +394,8 @@ class Experiment:
     eval_progress: receives ``eval_fn``'s per-batch progress (see
       ``evaluate(progress=True)``).
     mesh: the device mesh when it spans several devices (the train step is
-      then ``sharding.make_sharded_train_step`` and the model's parameters
-      live on the mesh); None on one device.
+      then compiled for it and the model's parameters live on the mesh);
+      None on one device.
   """
 
   config: ml_collections.ConfigDict
@@ -392,10 +403,10 @@ class Experiment:
   env_params: Any
   model: loading.LoadedModel
   algo: AlgoConfig
-  train_layout: prompts.ContextLayout | None
+  train_layout: layout_lib.ContextLayout | None
   train_rollout: RolloutConfig | None
   train_step: Callable[[TrainState], tuple[TrainState, dict]] | None
-  eval_layout: prompts.ContextLayout
+  eval_layout: layout_lib.ContextLayout
   eval_rollout: RolloutConfig
   eval_fn: Callable[..., dict]
   eval_seeds: jax.Array
@@ -418,11 +429,20 @@ def eval_key(config: ml_collections.ConfigDict, step: int) -> jax.Array:
 
 
 def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
-  """Validates ``config``, loads the model and builds layouts and functions.
+  """Validates ``config``, then builds its method's experiment
+  (``METHOD_BUILDERS[config.method]``): the entry points run whatever it
+  returns, so a new method plugs in by registering a builder.
 
   Nothing is compiled here: the jitted functions compile on first call.
   """
   env = validate(config)
+  return METHOD_BUILDERS[config.method](config, env, jit=jit)
+
+
+def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
+                    jit: bool = True) -> Experiment:
+  """LaMer, its single-episode RL baselines and the prompting baselines:
+  loads the model and builds layouts, the train step and the evaluation."""
   params = env_params(env, dict(config.env.params))
   mesh = sharding.make_mesh(mesh_config(config))
   if mesh.devices.size == 1:
@@ -436,12 +456,12 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
     model.params = sharding.shard_params(model.params, mesh, mcfg)
   turns = num_turns(config, env)
 
-  def layout(attempts: int, memory: str) -> prompts.ContextLayout:
-    lay = prompts.build_layout(model.tokenizer, env, num_attempts=attempts,
-                               num_turns=turns, memory=memory,
-                               reflection_tokens=config.rollout.reflection_tokens,
-                               action_mode=config.rollout.action_mode,
-                               think_tokens=config.rollout.think_tokens)
+  def layout(shape: layout_lib.TrialShape, memory: str) -> layout_lib.ContextLayout:
+    lay = layout_lib.build_layout(
+        model.tokenizer, env, shape, memory=memory,
+        reflection_tokens=config.rollout.reflection_tokens,
+        action_mode=config.rollout.action_mode,
+        think_tokens=config.rollout.think_tokens)
     if lay.context_len > mcfg.max_position:
       raise ValueError(f"an attempt's context ({lay.describe()}) exceeds the "
                        f"model's {mcfg.max_position} positions; lower "
@@ -451,27 +471,24 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
   algo = AlgoConfig(**config.algo.to_dict())
   train_layout = train_rollout = train_step = None
   if config.method in TRAINING_METHODS:
-    train_layout = layout(config.rollout.num_attempts, config.rollout.memory)
+    train_layout = layout(trial_shape(config, env), config.rollout.memory)
     train_rollout = RolloutConfig(
-        num_tasks=config.rollout.num_tasks, group_size=config.rollout.group_size,
         temperature=config.rollout.temperature, top_k=config.rollout.top_k,
         top_p=config.rollout.top_p,
         invalid_penalty=config.rollout.invalid_penalty)
-    if mesh is None:
-      train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
-                                   env_params=params, jit=jit)
-    else:
-      train_step = sharding.make_sharded_train_step(
-          env, mcfg, train_layout, train_rollout, algo, mesh, env_params=params)
+    train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
+                                 env_params=params, jit=jit, mesh=mesh)
   memory = eval_memory(config)
+  tasks = eval_num_tasks(config)
+  eval_shape = layout_lib.TrialShape(num_tasks=eval_batch_size(config), group_size=1,
+                                     num_attempts=config.eval.num_attempts,
+                                     num_turns=turns)
   if (train_layout is not None and train_layout.memory == memory
       and train_layout.num_attempts == config.eval.num_attempts):
-    eval_layout = train_layout
+    eval_layout = train_layout.with_tasks(eval_shape.num_tasks, group_size=1)
   else:
-    eval_layout = layout(config.eval.num_attempts, memory)
-  tasks = eval_num_tasks(config)
-  eval_rollout = RolloutConfig(num_tasks=tasks, group_size=1,
-                               temperature=config.eval.temperature,
+    eval_layout = layout(eval_shape, memory)
+  eval_rollout = RolloutConfig(temperature=config.eval.temperature,
                                top_k=config.eval.top_k, top_p=config.eval.top_p,
                                invalid_penalty=config.rollout.invalid_penalty)
   progress = EvalProgress()
@@ -484,6 +501,11 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
                     eval_layout=eval_layout, eval_rollout=eval_rollout,
                     eval_fn=eval_fn, eval_seeds=eval_seeds(tasks), mesh=mesh,
                     eval_progress=progress)
+
+
+# config.method -> builder(config, validated env, jit=) -> Experiment.
+METHOD_BUILDERS: dict[str, Callable[..., Experiment]] = {
+    method: build_on_policy for method in METHODS}
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -546,7 +568,7 @@ def describe(exp: Experiment) -> str:
     lines.append(f"train: {c.rollout.num_tasks} tasks x {c.rollout.group_size} "
                  f"trials x {c.rollout.num_attempts} attempts, memory "
                  f"{c.rollout.memory}; {exp.train_layout.describe()}")
-  lines.append(f"eval: {exp.eval_rollout.num_tasks} held-out tasks x "
+  lines.append(f"eval: {int(exp.eval_seeds.shape[0])} held-out tasks x "
                f"{exp.eval_layout.num_attempts} attempts, memory "
                f"{exp.eval_layout.memory}")
   return "\n".join(lines)

@@ -3,7 +3,7 @@
     # a training run (its config is read from the checkpoint):
     python -m experiments.evaluate --workdir=runs/x --num_tasks=128 --output=eval.json
     # a named model, prompting baselines:
-    python -m experiments.evaluate --config=experiments/configs/zero_shot_sokoban.py \\
+    python -m experiments.evaluate --config=experiments/configs/zero_shot.py:sokoban \\
         --config.eval.num_tasks=128 --output=zero_shot.json
 
 Plays ``eval.num_tasks`` held-out tasks (seeds from 2^16 on, disjoint from
@@ -80,7 +80,7 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
   report = {
       "name": config.name, "method": config.method, "env": exp.env.name,
       "model": exp.model.name, "workdir": workdir, "step": step,
-      "num_tasks": exp.eval_rollout.num_tasks,
+      "num_tasks": int(exp.eval_seeds.shape[0]),
       "num_attempts": exp.eval_layout.num_attempts,
       "memory": exp.eval_layout.memory, "metrics": results,
       "config": config.to_dict(),

@@ -26,14 +26,46 @@ import jax.numpy as jnp
 import envs_jax
 from experiments import common
 from lamer_jax import evaluation
-from lamer_jax.rollout import task_key
-from lamer_jax.train_step import eval_seeds
+from lamer_jax.agent.trial import eval_seeds, play_trials, task_key
+
+
+class RandomPolicy:
+  """Uniform over the allowed actions, no memory: a ``TrialPolicy`` for the
+  shared trial loop (``agent.trial.play_trials``). Turn t of an attempt
+  draws with ``split(attempt key, T)[t]``."""
+
+  def __init__(self, num_turns: int):
+    self.num_turns = num_turns
+
+  def empty_memory(self, rows):
+    return jnp.zeros((rows,), jnp.bool_)      # nothing is remembered
+
+  def start_attempt(self, memory, attempt, attempt_on, akey):
+    del memory, attempt, attempt_on
+    return jax.random.split(akey, self.num_turns), None
+
+  def act(self, turn_keys, state, allowed, active, akey, t):
+    del state, akey
+    action = jax.random.categorical(turn_keys[t],
+                                    jnp.where(allowed, 0.0, -jnp.inf))
+    return turn_keys, action, active, None
+
+  def skipped_turn(self, output_shapes):
+    return output_shapes
+
+  def end_attempt(self, turn_keys, aux, memory, attempt, attempt_on, won,
+                  records, outputs, akey):
+    del turn_keys, aux, attempt, attempt_on, won, records, outputs, akey
+    return memory, None
 
 
 def random_trials(env: envs_jax.Environment, num_tasks: int, attempts: int,
                   key: jax.Array, turns: int | None = None) -> dict[str, float]:
   """``evaluation.trial_metrics`` of uniformly random play on the held-out
   tasks ``eval_seeds(num_tasks)`` (jitted, host floats out)."""
+  if num_tasks < 1 or attempts < 1:
+    raise ValueError(f"num_tasks and attempts must be >= 1, got {num_tasks} and "
+                     f"{attempts}")
   params = env.default_params
   turns = int(env.max_turns) if turns is None else turns
 
@@ -41,27 +73,11 @@ def random_trials(env: envs_jax.Environment, num_tasks: int, attempts: int,
   def play(key):
     init, _ = jax.vmap(env.reset, in_axes=(0, None))(
         jax.vmap(task_key)(eval_seeds(num_tasks)), params)
-
-    def attempt(over, akey):
-      def turn(carry, tkey):
-        state, done = carry
-        allowed = jax.vmap(env.action_mask, in_axes=(0, None))(state, params)
-        action = jax.random.categorical(tkey, jnp.where(allowed, 0.0, -jnp.inf))
-        state, ts = jax.vmap(env.step, in_axes=(0, 0, None))(state, action, params)
-        played = ~done
-        return (state, done | ts.done), (ts.reward, played, ts.invalid, ts.won & played)
-
-      _, (rewards, played, invalid, won) = jax.lax.scan(
-          turn, (init, jnp.zeros(num_tasks, jnp.bool_)), jax.random.split(akey, turns))
-      won = jnp.any(won, axis=0)
-      valid = ~over
-      return over | won, (won & valid, valid, rewards.T, played.T, invalid.T)
-
-    _, (won, valid, rewards, played, invalid) = jax.lax.scan(
-        attempt, jnp.zeros(num_tasks, jnp.bool_), jax.random.split(key, attempts))
-    move = lambda x: jnp.moveaxis(x, 0, 1)       # [N, R, ...] -> [R, N, ...]
-    return evaluation.trial_metrics(move(won), move(valid), move(rewards),
-                                    move(played), move(invalid))
+    result = play_trials(env, params, init, RandomPolicy(turns),
+                         jax.random.split(key, attempts), turns)
+    rec = result.records
+    return evaluation.trial_metrics(result.won, result.attempt_valid, rec.reward,
+                                    rec.valid, rec.invalid)
 
   return {k: float(v) for k, v in jax.device_get(play(key)).items()}
 

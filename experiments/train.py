@@ -1,6 +1,6 @@
 """Trains a policy: LaMer or a single-episode RL baseline.
 
-    python -m experiments.train --config=experiments/configs/lamer_sokoban.py \\
+    python -m experiments.train --config=experiments/configs/lamer.py:sokoban \\
         --workdir=runs/x --config.train.steps=100
 
 Resumes from the latest checkpoint in ``--workdir``. The train state carries
@@ -213,7 +213,8 @@ def define_flags() -> types.SimpleNamespace:
   entry points stay importable side by side)."""
   return types.SimpleNamespace(
       config=config_flags.DEFINE_config_file(
-          "config", None, "Configuration file (experiments/configs/*.py).",
+          "config", None, "Configuration file, path.py[:arg] (e.g. "
+          "experiments/configs/lamer.py:minesweeper).",
           lock_config=True),
       workdir=flags.DEFINE_string("workdir", None, "Run directory (resumed if "
                                   "it holds checkpoints)."),

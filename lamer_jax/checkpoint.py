@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lamer_jax.train_step import TrainState
+from lamer_jax.algos.lamer import TrainState
 
 _STATE = "state"
 _META = "meta"

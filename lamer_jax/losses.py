@@ -3,9 +3,8 @@
 ``ppo_policy_loss`` is the PPO clipped surrogate used by LaMer and its RL
 baselines (as in verl): asymmetric clip range, dual clip for negative
 advantages (Ye et al. 2020), an entropy bonus and an optional k3 KL penalty to
-a reference policy, aggregated over tokens in one of verl's three modes.
-``masked_entropy`` gives the entropy of a constrained (masked) next-token
-distribution, so the bonus matches the distribution actually sampled from.
+a reference policy, aggregated over tokens in one of verl's three modes. The
+entropies it takes come from ``agent.scoring.masked_entropy``.
 """
 
 from __future__ import annotations
@@ -158,34 +157,3 @@ def ppo_policy_loss(
       "ratio_mean": jax.lax.stop_gradient(token_mean(ratio)),
   }
   return loss, metrics
-
-
-def masked_entropy(logits: jax.Array, allowed: jax.Array | None = None,
-                   temperature: float | jax.Array = 1.0) -> jax.Array:
-  """Entropy (nats) of ``softmax(logits / temperature)`` over allowed tokens.
-
-  Under constrained decoding the policy is the renormalised distribution over
-  the allowed tokens, so that is the distribution whose entropy is returned.
-
-  Args:
-    logits: f32[..., V].
-    allowed: bool[..., V] (broadcastable), tokens the sampler may pick; None
-      means all.
-    temperature: sampling temperature (> 0).
-
-  Returns:
-    f32[...]; 0 where no token is allowed.
-  """
-  z = logits.astype(jnp.float32) / temperature
-  if allowed is None:
-    allowed = jnp.ones(z.shape, jnp.bool_)
-  allowed = jnp.broadcast_to(allowed, z.shape)
-  z = jnp.where(allowed, z, -jnp.inf)
-  any_allowed = allowed.any(-1, keepdims=True)
-  # A row with nothing allowed would be all -inf: give it finite logits, the
-  # result is zeroed below.
-  z = jnp.where(any_allowed, z, 0.0)
-  logq = jax.nn.log_softmax(z, axis=-1)
-  logq = jnp.where(allowed, logq, 0.0)          # no -inf * 0 in value or grad
-  h = -(jnp.exp(logq) * logq * allowed).sum(-1)
-  return jnp.where(any_allowed[..., 0], h, 0.0)

@@ -1,4 +1,6 @@
-"""Device meshes, partition specs and the sharded train step.
+"""Device meshes and partition specs; a leaf module (it imports nothing else
+of lamer_jax, so every algorithm's step can use it: ``algos.lamer.
+make_train_step(..., mesh=)`` compiles the sharded step).
 
 A mesh has three named axes:
 
@@ -266,48 +268,6 @@ def check_rows(num_rows: int, mesh: Mesh, what: str = "rollout rows") -> None:
         f"{num_rows} {what} do not split over data x fsdp = {shards} devices; "
         f"choose num_tasks x group_size (and the minibatch rows) as a "
         f"multiple of {shards}")
-
-
-def make_sharded_train_step(env, mcfg, layout, rollout_cfg, algo, mesh: Mesh,
-                            env_params: Any = None
-                            ) -> Callable[[Any], tuple[Any, dict]]:
-  """``train_step.make_train_step`` compiled for ``mesh``.
-
-  The step is the same function (built with ``jit=False``), with its rollout
-  rows and training minibatches constrained to split over ("data", "fsdp");
-  the state is laid out by :func:`state_shardings` on the way in and out
-  (donated), metrics come back replicated.
-
-  Args:
-    env, mcfg, layout, rollout_cfg, algo, env_params: as for
-      ``make_train_step``.
-    mesh: a mesh from :func:`make_mesh`.
-
-  Returns:
-    ``train_step(state) -> (state, metrics)`` for a state laid out like
-    ``train_step.init_train_state(llama.init_params(mcfg, key), algo, key)``;
-    place it first with :func:`shard_train_state`.
-
-  Raises:
-    ValueError: the rows (tasks x trials) or the minibatch rows do not split
-      evenly over data x fsdp.
-  """
-  # Imported here: train_step and rollout import this module for its row
-  # constraint, so a top-level import would be circular.
-  from lamer_jax import train_step as train_lib
-  from lamer_jax.models import llama
-
-  check_rows(rollout_cfg.num_rows, mesh)
-  mb_rows = rollout_cfg.num_rows * layout.num_attempts // algo.num_minibatches
-  check_rows(mb_rows, mesh, "minibatch rows")
-  step = train_lib.make_train_step(env, mcfg, layout, rollout_cfg, algo,
-                                   env_params=env_params, jit=False, mesh=mesh)
-  abstract = jax.eval_shape(
-      lambda k: train_lib.init_train_state(llama.init_params(mcfg, k), algo, k),
-      jax.random.key(0))
-  shardings = state_shardings(abstract, mesh, mcfg)
-  return jax.jit(step, in_shardings=(shardings,),
-                 out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
 
 _ENV_ADDRESS = "JAX_COORDINATOR_ADDRESS"

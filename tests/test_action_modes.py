@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 import envs_jax
-from envs_jax.text import ByteTokenizer
-from lamer_jax import train_step as train_lib
+from lamer_jax.agent.layout import ACTION_CLOSE, THINK_CLOSE, TrialShape, build_layout
+from lamer_jax.agent.trial import NO_LOSS, RolloutConfig, rollout
+from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama, sampling
-from lamer_jax.prompts import ACTION_CLOSE, THINK_CLOSE, build_layout
-from lamer_jax.rollout import NO_LOSS, RolloutConfig, rollout
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
 TOKENIZER = ByteTokenizer()
@@ -32,10 +32,11 @@ PENALTY = -0.25
 @functools.lru_cache(maxsize=None)
 def _setup(action_mode: str):
   env = envs_jax.make("guess", num_options=3, max_turns=2)
-  layout = build_layout(TOKENIZER, env, num_attempts=2, num_turns=2,
-                        memory="history_only", reflection_tokens=4,
-                        action_mode=action_mode, think_tokens=THINK)
-  cfg = RolloutConfig(num_tasks=2, group_size=4, invalid_penalty=PENALTY)
+  shape = TrialShape(num_tasks=2, group_size=4, num_attempts=2, num_turns=2)
+  layout = build_layout(TOKENIZER, env, shape, memory="history_only",
+                        reflection_tokens=4, action_mode=action_mode,
+                        think_tokens=THINK)
+  cfg = RolloutConfig(invalid_penalty=PENALTY)
   params = llama.init_params(MCFG, jax.random.key(0))
   fn = jax.jit(functools.partial(rollout, env=env, mcfg=MCFG, layout=layout, cfg=cfg))
   traj = jax.tree.map(np.asarray, fn(params, jax.random.key(3), env.default_params))
@@ -54,9 +55,21 @@ def test_layout_sizes(mode):
                              + layout.action_len)
   assert layout.action_start(1) == layout.turn_start(1) + layout.turn_len - layout.action_len
   assert "thinking" in layout.describe() and mode in layout.describe()
-  slots, constrained = train_lib.loss_slot_kinds(layout, True)
+  slots, constrained = layout.loss_slot_kinds(True)
   assert len(slots) == 2 * (THINK + layout.action_len)
   assert constrained.sum() == (2 * layout.action_len if mode == "constrained" else 0)
+  # By hand: per turn the thinking tokens right after the turn prompt, then
+  # the action tokens (history memory: no reflection slots).
+  expected, kinds = [], []
+  for t in range(layout.num_turns):
+    think = layout.turn_start(t) + layout.turn_prompt_len
+    expected += [np.arange(think, think + THINK),
+                 np.arange(layout.action_start(t),
+                           layout.action_start(t) + layout.action_len)]
+    kinds += [np.zeros(THINK, bool),
+              np.full(layout.action_len, mode == "constrained")]
+  np.testing.assert_array_equal(slots, np.concatenate(expected))
+  np.testing.assert_array_equal(constrained, np.concatenate(kinds))
 
 
 def test_turn_text_has_thinking_then_action(mode):
@@ -160,7 +173,9 @@ def test_generate_stops_on_a_token_sequence():
 def test_build_layout_rejects_bad_modes():
   env = envs_jax.make("guess")
   with pytest.raises(ValueError, match="unknown action mode 'json'"):
-    build_layout(TOKENIZER, env, num_attempts=2, num_turns=1, action_mode="json")
+    build_layout(TOKENIZER, env, TrialShape(num_attempts=2, num_turns=1),
+                 action_mode="json")
   with pytest.raises(ValueError, match="think_tokens must be >= 0"):
-    build_layout(TOKENIZER, env, num_attempts=2, num_turns=1, think_tokens=-1)
+    build_layout(TOKENIZER, env, TrialShape(num_attempts=2, num_turns=1),
+                 think_tokens=-1)
   assert ACTION_CLOSE == "</action>"

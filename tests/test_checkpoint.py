@@ -13,7 +13,7 @@ import pytest
 
 from lamer_jax import checkpoint
 from lamer_jax.models import loading
-from lamer_jax.train_step import AlgoConfig, init_train_state
+from lamer_jax.algos.lamer import AlgoConfig, init_train_state
 
 
 def _state(model: str = "tiny-llama", step: int = 3, kl_coef: float = 0.0):

@@ -17,16 +17,18 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import jax
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import pytest
 
 import envs_jax
 from experiments import common, evaluate, plot, random_baseline, train
 from experiments.configs import base, tiny
-from lamer_jax import checkpoint, metrics
-from lamer_jax.train_step import AlgoConfig
+from lamer_jax import checkpoint, metrics, returns
+from lamer_jax.algos.lamer import AlgoConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "experiments" / "configs"
@@ -50,27 +52,84 @@ def unlocked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 # ---- configuration ---------------------------------------------------------
-CONFIG_FILES = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
-                      if p.stem not in ("__init__", "base"))
+# (file, arg of get_config or None, expected config.name): every method x env
+# (rl.py with each estimator and with the default), tiny and quickstart.
+CONFIGS = (
+    [(method, env, f"{method}_{env}") for method in ("lamer", "zero_shot", "reflexion")
+     for env in base.ENVS]
+    + [("rl", f"{env},{estimator}", f"{estimator}_{env}") for env in base.ENVS
+       for estimator in ("gigpo", "grpo")]
+    + [("rl", env, f"gigpo_{env}") for env in base.ENVS]
+    + [("tiny", None, "tiny"), ("quickstart", None, "quickstart")])
 
 
-@pytest.mark.parametrize("name", CONFIG_FILES)
-def test_every_config_file_validates(name):
-  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+def get_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  module = importlib.import_module(f"experiments.configs.{name}")
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def test_configs_cover_every_file_and_method():
+  files = {p.stem for p in CONFIG_DIR.glob("*.py")} - {"__init__", "base"}
+  assert files == {name for name, _, _ in CONFIGS}
+  assert set(base.METHODS) <= files
+  assert set(importlib.import_module("experiments.configs.rl").ESTIMATORS) == set(
+      returns.ESTIMATORS)
+
+
+@pytest.mark.parametrize("name,arg,expected", CONFIGS)
+def test_every_config_file_validates(name, arg, expected):
+  config = get_config(name, arg)
   assert config.is_locked
   env = common.validate(config)
-  assert env.name.split("-")[0] in name or name in ("quickstart", "tiny")
-  assert config.name == name
+  assert env.name == (arg.split(",")[0] if arg else config.env.name)
+  assert config.name == expected
+
+
+@pytest.mark.parametrize("name", ["lamer", "zero_shot", "reflexion"])
+def test_config_arg_defaults_to_sokoban(name):
+  assert get_config(name).to_dict() == get_config(name, "sokoban").to_dict()
+
+
+def test_config_file_arg_on_the_command_line():
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True)
+  flag_values(["train", f"--config={CONFIG_DIR / 'rl.py'}:minesweeper,grpo"])
+  config = flag_values.config
+  assert config.is_locked
+  assert config.to_dict() == get_config("rl", "minesweeper,grpo").to_dict()
+  assert (config.name, config.env.name, config.algo.num_minibatches) == (
+      "grpo_minesweeper", "minesweeper", 128)
+
+
+@pytest.mark.parametrize("name,arg,message", [
+    ("lamer", "sokobann", r"unknown env 'sokobann'; choose one of "
+     r"\['sokoban', 'minesweeper'\]"),
+    ("zero_shot", "guess", r"unknown env 'guess'; choose one of \['sokoban'"),
+    ("reflexion", "", r"unknown env ''; choose one of \['sokoban'"),
+    ("rl", "sokoban,ppo", r"unknown estimator 'ppo'; choose one of "
+     r"\['gigpo', 'grpo'\]"),
+    ("rl", "minesweeperr,grpo", r"unknown env 'minesweeperr'; choose one of "
+     r"\['sokoban', 'minesweeper'\]"),
+    ("rl", "sokoban,grpo,x", r"rl.py takes <env> or <env>,<estimator>.*"
+     r"\['sokoban', 'minesweeper'\].*\['gigpo', 'grpo'\]"),
+])
+def test_unknown_config_arg_names_the_choices(name, arg, message):
+  with pytest.raises(ValueError, match=message):
+    get_config(name, arg)
 
 
 def test_config_values_follow_the_references():
-  def get(name):
-    return importlib.import_module(f"experiments.configs.{name}").get_config()
   assert set(base.get_config().algo.keys()) == {
       f.name for f in dataclasses.fields(AlgoConfig)}
-  assert get("lamer_sokoban").algo.gamma_traj == 0.9
-  assert get("lamer_minesweeper").algo.gamma_traj == 0.6
-  lamer, gigpo, grpo = get("lamer_sokoban"), get("gigpo_sokoban"), get("grpo_sokoban")
+  assert get_config("lamer", "sokoban").algo.gamma_traj == 0.9
+  assert get_config("lamer", "minesweeper").algo.gamma_traj == 0.6
+  for env, minibatches in (("sokoban", 48), ("minesweeper", 128)):
+    for name, arg in (("lamer", env), ("rl", env), ("rl", f"{env},grpo"),
+                      ("zero_shot", env), ("reflexion", env)):
+      assert get_config(name, arg).algo.num_minibatches == minibatches
+  lamer = get_config("lamer", "sokoban")
+  gigpo, grpo = get_config("rl", "sokoban,gigpo"), get_config("rl", "sokoban,grpo")
   budget = lambda c: c.rollout.num_tasks * c.rollout.group_size * c.rollout.num_attempts
   assert budget(lamer) == budget(gigpo) == budget(grpo) == 16 * 24
   assert (gigpo.method, gigpo.rollout.num_attempts, gigpo.rollout.memory,
@@ -78,9 +137,11 @@ def test_config_values_follow_the_references():
   assert (grpo.algo.estimator, grpo.algo.normalize_std) == ("grpo", True)
   assert (gigpo.algo.estimator, gigpo.algo.normalize_std) == ("gigpo", False)
   for method in ("zero_shot", "reflexion"):
-    for env in ("sokoban", "minesweeper"):
-      c = get(f"{method}_{env}")
+    for env in base.ENVS:
+      c = get_config(method, env)
       assert (c.method, c.train.steps) == (method, 0)
+  assert get_config("zero_shot").rollout.memory == "none"
+  assert get_config("reflexion").rollout.memory == "reflection_only"
   assert (lamer.eval.temperature, lamer.eval.top_p, lamer.eval.top_k) == (0.7, 0.8, 20)
   assert (lamer.algo.lr, lamer.algo.gamma_step, lamer.algo.clip_eps,
           lamer.algo.dual_clip, lamer.algo.entropy_coef) == (1e-6, 0.95, 0.2, 3.0, 0.001)

@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 
 import envs_jax
-from envs_jax.text import ByteTokenizer
-from lamer_jax import train_step as train_lib
+from lamer_jax.agent.layout import (ACTION_OPEN, ContextLayout, TrialShape,
+                                    build_layout, chat_pieces)
+from lamer_jax.agent.trial import RolloutConfig, eval_seeds
+from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama
-from lamer_jax.prompts import ACTION_OPEN, ContextLayout, build_layout, chat_pieces
-from lamer_jax.rollout import RolloutConfig
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 MODEL = "micro-llama"
 NUM_TASKS, GROUP_SIZE = 16, 8
@@ -43,13 +44,14 @@ ALGO = train_lib.AlgoConfig(estimator="grpo", normalize_std=True, gamma_traj=0.6
                             lr=3e-3, entropy_coef=0.0, weight_decay=0.0)
 
 
-def short_prompt_layout(tokenizer, env, **kwargs) -> ContextLayout:
+def short_prompt_layout(tokenizer, env, shape: TrialShape, **kwargs
+                        ) -> ContextLayout:
   """``build_layout`` with the instructions and the per-turn prose removed.
 
   The system message holds only the memory; a turn is the observation and
   ``<action>``. Memory headers and every other piece are unchanged.
   """
-  layout = build_layout(tokenizer, env, **kwargs)
+  layout = build_layout(tokenizer, env, shape, **kwargs)
   chat = chat_pieces(tokenizer)
 
   def tok(text):
@@ -68,15 +70,14 @@ def _fmt(values) -> str:
 def test_lamer_learns_to_use_memory_on_guess():
   t0 = time.time()
   env = envs_jax.make("guess", num_options=2)
-  layout = short_prompt_layout(ByteTokenizer(), env, num_attempts=2,
-                               num_turns=1, memory="history_only")
+  shape = TrialShape(num_tasks=NUM_TASKS, group_size=GROUP_SIZE,
+                     num_attempts=2, num_turns=1)
+  layout = short_prompt_layout(ByteTokenizer(), env, shape, memory="history_only")
   mcfg = llama.TINY_CONFIGS[MODEL]
-  step = train_lib.make_train_step(
-      env, mcfg, layout, RolloutConfig(num_tasks=NUM_TASKS,
-                                       group_size=GROUP_SIZE), ALGO)
+  step = train_lib.make_train_step(env, mcfg, layout, RolloutConfig(), ALGO)
   evaluate = train_lib.make_eval_fn(
-      env, mcfg, layout, RolloutConfig(num_tasks=EVAL_TASKS, group_size=1))
-  seeds = train_lib.eval_seeds(EVAL_TASKS)
+      env, mcfg, layout.with_tasks(EVAL_TASKS, group_size=1), RolloutConfig())
+  seeds = eval_seeds(EVAL_TASKS)
   eval_key = jax.random.key(2)
   keys = ("pass@1", "pass@2", "success_given_run/attempt_2")
 

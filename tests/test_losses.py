@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lamer_jax import losses
+from lamer_jax.agent.scoring import masked_entropy
 
 
 def np_aggregate(x, m, mode):
@@ -164,15 +165,15 @@ def test_masked_entropy_vs_numpy():
   allowed[0, 1] = False
   allowed[0, 1, 3] = True                   # one token -> 0
   for temp in (1.0, 0.7):
-    got = losses.masked_entropy(logits, allowed, temp)
+    got = masked_entropy(logits, allowed, temp)
     np.testing.assert_allclose(got, np_entropy(logits, allowed, temp),
                                rtol=1e-5, atol=1e-6)
-  full = losses.masked_entropy(logits, None, 1.0)
+  full = masked_entropy(logits, None, 1.0)
   np.testing.assert_allclose(
       full, np_entropy(logits, np.ones_like(allowed), 1.0), rtol=1e-5)
   np.testing.assert_allclose(
-      losses.masked_entropy(np.zeros((1, 8)), None), np.log(8.0), rtol=1e-6)
-  grad = jax.grad(lambda x: losses.masked_entropy(x, allowed, 0.7).sum())(
+      masked_entropy(np.zeros((1, 8)), None), np.log(8.0), rtol=1e-6)
+  grad = jax.grad(lambda x: masked_entropy(x, allowed, 0.7).sum())(
       logits)
   assert np.all(np.isfinite(grad))
   assert np.all(np.asarray(grad)[~allowed] == 0)
@@ -190,4 +191,4 @@ def test_everything_jits():
   np.testing.assert_allclose(loss, eager, rtol=1e-6)
   assert set(metrics) >= {"pg_loss", "clip_frac", "approx_kl", "entropy",
                           "kl_ref", "ratio_mean"}
-  jax.jit(losses.masked_entropy)(np.zeros((2, 5)), np.ones((2, 5), bool), 0.7)
+  jax.jit(masked_entropy)(np.zeros((2, 5)), np.ones((2, 5), bool), 0.7)

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs_jax
-from envs_jax.core import VmapEnv
-from envs_jax import minesweeper
-from envs_jax.minesweeper import MineSweeper, MineSweeperState
+from envs_jax.games import minesweeper
+from envs_jax.games.minesweeper import MineSweeper, MineSweeperState
 from envs_jax.reference.minesweeper import PyMineSweeper
 
 ENV = MineSweeper()
 PARAMS = ENV.default_params
+KEY = jax.random.key(0)  # MineSweeper is deterministic: its steps ignore the key
 # max_turns large enough that no board in the hand-made tests truncates.
 LONG = MineSweeper(max_turns=100)
 
@@ -30,9 +30,9 @@ FAST = settings(max_examples=25, deadline=None)
 @functools.lru_cache(maxsize=None)
 def jitted(env: MineSweeper):
   """(reset, step, from_board, batched reset, batched step), compiled once."""
-  vmapped = VmapEnv(env)
   return (jax.jit(env.reset), jax.jit(env.step), jax.jit(env.state_from_board),
-          jax.jit(vmapped.reset), jax.jit(vmapped.step))
+          jax.jit(jax.vmap(env.reset, in_axes=(0, None))),
+          jax.jit(jax.vmap(env.step, in_axes=(None, 0, 0, None))))
 
 
 def host_counts(mines: np.ndarray) -> np.ndarray:
@@ -93,7 +93,7 @@ def test_jit_vmap_compile(batch):
   assert states.revealed.shape == (batch, 6, 6) and ts.reward.shape == (batch,)
   actions = jax.random.randint(jax.random.key(7), (3, batch), 0, 36)
   for a in actions:
-    states, ts = vstep(states, a, PARAMS)
+    states, ts = vstep(KEY, states, a, PARAMS)
   assert ts.reward.dtype == jnp.float32 and ts.done.dtype == jnp.bool_
   assert int(ts.steps.max()) <= 3
   symbols = jax.vmap(ENV.render_symbols, in_axes=(0, None))(states, PARAMS)
@@ -119,7 +119,7 @@ def test_reset_properties_batched(name):
   assert len({m.tobytes() for m in s.mines}) > min(200, distinct // 2)
   # Playing on: every safe-cell click keeps the game consistent.
   safe = np.argmax((~s.mines & ~s.revealed).reshape(256, -1), axis=1)
-  states, ts = vstep(states, jnp.asarray(safe, jnp.int32), params)
+  states, ts = vstep(KEY, states, jnp.asarray(safe, jnp.int32), params)
   assert not np.asarray(ts.invalid).any()
   assert not np.asarray(ts.won & ~ts.done).any()
   assert (np.asarray(ts.reward) > 0).all()
@@ -166,7 +166,7 @@ def test_click_opens_exactly_the_host_cascade(seed, pick, num_mines):
   safe = np.flatnonzero(~mines)
   cell = int(safe[pick % len(safe)])
   state = from_board(mines, np.zeros_like(mines))
-  nxt, ts = step(state, jnp.int32(cell), PARAMS)
+  nxt, ts = step(KEY, state, jnp.int32(cell), PARAMS)
   expected = host_cascade(mines, *divmod(cell, 6))
   assert (np.asarray(nxt.revealed) == expected).all()
   if (expected | mines).all():
@@ -183,7 +183,7 @@ def test_cascade_crosses_diagonal_links():
   _, step, from_board, *_ = jitted(LONG)
   mines = np.zeros((6, 6), bool)
   mines[0, 3] = mines[3, 0] = True
-  state, ts = step(from_board(mines, np.zeros_like(mines)), jnp.int32(0),
+  state, ts = step(KEY, from_board(mines, np.zeros_like(mines)), jnp.int32(0),
                    PARAMS)
   revealed = np.asarray(state.revealed)
   assert revealed[5, 5] and revealed[2, 2] and revealed[1, 2]
@@ -200,7 +200,7 @@ def test_win_when_all_safe_cells_open():
   for cell in np.flatnonzero(~mines):
     if bool(np.asarray(state.revealed).reshape(-1)[cell]):
       continue  # already opened by a cascade
-    state, ts = step(state, jnp.int32(cell), PARAMS)
+    state, ts = step(KEY, state, jnp.int32(cell), PARAMS)
     clicks += 1
     last = bool((np.asarray(state.revealed) | mines).all())
     assert bool(ts.done) == last and bool(ts.won) == last
@@ -216,7 +216,7 @@ def test_ineffective_click_changes_nothing():
   state = from_board(mines, revealed)
   cell = int(np.flatnonzero(revealed)[0])
   for action in (cell, -1, 36):  # opened cell, then out-of-range indices
-    nxt, ts = step(state, jnp.int32(action), PARAMS)
+    nxt, ts = step(KEY, state, jnp.int32(action), PARAMS)
     assert float(ts.reward) == -1.0 and bool(ts.invalid) and not bool(ts.done)
     assert (np.asarray(nxt.revealed) == revealed).all()
     assert int(nxt.steps) == 1
@@ -228,12 +228,12 @@ def test_mine_ends_the_attempt_and_later_steps_are_noops():
   mines = random_board(2)
   state = from_board(mines, np.zeros_like(mines))
   mine = int(np.flatnonzero(mines)[0])
-  lost, ts = step(state, jnp.int32(mine), PARAMS)
+  lost, ts = step(KEY, state, jnp.int32(mine), PARAMS)
   assert np.isclose(float(ts.reward), -0.1)
   assert bool(ts.done) and not bool(ts.won) and not bool(ts.truncated)
   assert not np.asarray(lost.revealed).any()  # mines are never shown
   for action in (mine, int(np.flatnonzero(~mines)[0])):
-    after, ts2 = step(lost, jnp.int32(action), PARAMS)
+    after, ts2 = step(KEY, lost, jnp.int32(action), PARAMS)
     assert float(ts2.reward) == 0.0 and bool(ts2.done) and not bool(ts2.invalid)
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(lost)):
       assert (np.asarray(a) == np.asarray(b)).all()
@@ -247,10 +247,10 @@ def test_truncation_after_max_turns():
   state = from_board(mines, revealed)
   cell = jnp.int32(int(np.flatnonzero(revealed)[0]))
   for turn in range(1, 4):
-    state, ts = step(state, cell, PARAMS)
+    state, ts = step(KEY, state, cell, PARAMS)
     assert bool(ts.done) == (turn == 3) and bool(ts.truncated) == (turn == 3)
     assert not bool(ts.won) and int(ts.steps) == turn
-  state2, ts = step(state, cell, PARAMS)
+  state2, ts = step(KEY, state, cell, PARAMS)
   assert float(ts.reward) == 0.0 and int(state2.steps) == 3
 
 
@@ -259,7 +259,7 @@ def test_truncation_after_max_turns():
 def test_render_and_mask_agree(seed):
   reset, step, *_ = jitted(ENV)
   state, _ = reset(jax.random.key(seed), PARAMS)
-  state, _ = step(state, jnp.int32(seed % 36), PARAMS)
+  state, _ = step(KEY, state, jnp.int32(seed % 36), PARAMS)
   text = ENV.render_text(state, PARAMS)
   symbols = ENV.render_symbols(state, PARAMS)
   assert symbols.shape == (ENV.max_symbols,)
@@ -289,7 +289,7 @@ def test_differential_against_python_reference(seed, name):
     hidden = np.flatnonzero(~np.asarray(state.revealed).reshape(-1))
     action = int(rng.choice(hidden) if rng.random() < 0.7
                  else rng.integers(-1, hw + 1))
-    state, ts = step(state, jnp.int32(action), params)
+    state, ts = step(KEY, state, jnp.int32(action), params)
     reward, done, won = py.step(action)
     assert np.isclose(float(ts.reward), reward)
     assert (bool(ts.done), bool(ts.won)) == (done, won)
@@ -315,7 +315,7 @@ def test_state_key_tracks_the_revealed_mask():
   state = from_board(mines, np.zeros_like(mines))
   keys = {int(ENV.state_key(state))}
   for cell in np.flatnonzero(~mines)[:4]:
-    state, ts = step(state, jnp.int32(int(cell)), PARAMS)
+    state, ts = step(KEY, state, jnp.int32(int(cell)), PARAMS)
     if not bool(ts.invalid):
       keys.add(int(ENV.state_key(state)))
   assert len(keys) >= 3
@@ -356,7 +356,7 @@ def test_differential_on_a_board_with_two_mask_words(seed):
   for _ in range(env.max_turns):
     hidden = np.flatnonzero(~np.asarray(state.revealed).reshape(-1))
     action = int(rng.choice(hidden))
-    state, ts = step(state, jnp.int32(action), params)
+    state, ts = step(KEY, state, jnp.int32(action), params)
     reward, done, won = py.step(action)
     assert np.isclose(float(ts.reward), reward)
     assert (bool(ts.done), bool(ts.won)) == (done, won)

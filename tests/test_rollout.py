@@ -1,4 +1,4 @@
-"""Tests for ``lamer_jax.rollout``: trajectory layout, trial logic and memory.
+"""Tests for ``lamer_jax.agent.trial``: trajectory layout, trial logic and memory.
 
 Two small rollouts of a random tiny model, each compiled once per module:
 
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import envs_jax
-from envs_jax.text import ByteTokenizer
+from lamer_jax.agent.layout import GENERATED, TrialShape, build_layout
+from lamer_jax.agent.trial import NO_LOSS, RolloutConfig, rollout
 from lamer_jax.models import llama
-from lamer_jax.prompts import build_layout
-from lamer_jax.rollout import NO_LOSS, RolloutConfig, rollout
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
 TOKENIZER = ByteTokenizer()
@@ -41,12 +41,14 @@ class Run:
     spec = SETUPS[name]
     env_name, overrides = spec["env"]
     self.env = envs_jax.make(env_name, **overrides)
+    self.shape = TrialShape(num_tasks=spec["num_tasks"],
+                            group_size=spec["group_size"],
+                            num_attempts=spec["num_attempts"],
+                            num_turns=spec["num_turns"])
     self.layout = build_layout(
-        TOKENIZER, self.env, num_attempts=spec["num_attempts"],
-        num_turns=spec["num_turns"], memory=spec["memory"],
+        TOKENIZER, self.env, self.shape, memory=spec["memory"],
         reflection_tokens=spec["reflection_tokens"])
-    self.cfg = RolloutConfig(num_tasks=spec["num_tasks"],
-                             group_size=spec["group_size"])
+    self.cfg = RolloutConfig()
     self.params = llama.init_params(MCFG, jax.random.key(0))
     self.fn = jax.jit(functools.partial(
         rollout, env=self.env, mcfg=MCFG, layout=self.layout, cfg=self.cfg))
@@ -98,8 +100,8 @@ def _contains(haystack: np.ndarray, needle: np.ndarray) -> bool:
 
 
 def test_shapes(run):
-  tr, lay, cfg = run.traj, run.layout, run.cfg
-  r, n, t = cfg.num_rows, lay.num_attempts, lay.num_turns
+  tr, lay, shape = run.traj, run.layout, run.shape
+  r, n, t = shape.num_rows, lay.num_attempts, lay.num_turns
   c, a = lay.context_len, len(run.env.action_strings)
   for name in ("tokens", "positions", "token_mask", "loss_mask", "logp_old",
                "token_turn_ids"):
@@ -114,7 +116,7 @@ def test_shapes(run):
 
 def test_positions_of_real_tokens_are_consecutive(run):
   tr = run.traj
-  for r in range(run.cfg.num_rows):
+  for r in range(run.shape.num_rows):
     for n in range(run.layout.num_attempts):
       real = tr.token_mask[r, n]
       # An attempt that did not run has no real token at all.
@@ -137,7 +139,7 @@ def test_loss_mask_and_logp_old(run):
 def test_every_action_is_an_allowed_candidate(run):
   tr, lay = run.traj, run.layout
   codec = lay.codec
-  for r in range(run.cfg.num_rows):
+  for r in range(run.shape.num_rows):
     for n in range(lay.num_attempts):
       for t in range(lay.num_turns):
         if not tr.turn_valid[r, n, t]:
@@ -205,7 +207,7 @@ def test_reflection_written_after_the_reflection_prompt(minesweeper):
 def test_reflection_memory_is_visible_in_the_next_attempt(minesweeper):
   tr, lay = minesweeper.traj, minesweeper.layout
   checked = 0
-  for r in range(minesweeper.cfg.num_rows):
+  for r in range(minesweeper.shape.num_rows):
     assert "Your reflection is:" not in minesweeper.text(r, 0)
     for n in range(1, lay.num_attempts):
       if not tr.attempt_valid[r, n]:
@@ -225,7 +227,7 @@ def test_reflection_memory_is_visible_in_the_next_attempt(minesweeper):
 def test_history_memory_shows_previous_actions(guess):
   tr, lay, env = guess.traj, guess.layout, guess.env
   checked = 0
-  for r in range(guess.cfg.num_rows):
+  for r in range(guess.shape.num_rows):
     assert "you took these actions" not in guess.text(r, 0)
     for n in range(1, lay.num_attempts):
       if not tr.attempt_valid[r, n]:
@@ -241,9 +243,9 @@ def test_history_memory_shows_previous_actions(guess):
 
 
 def test_rows_of_a_group_start_from_the_same_state(run):
-  g = run.cfg.group_size
+  g = run.shape.group_size
   tr = run.traj
-  for r in range(run.cfg.num_rows):
+  for r in range(run.shape.num_rows):
     first = run.observation(g * (r // g), 0, 0)
     assert len(first) > 0
     for n in range(run.layout.num_attempts):
@@ -254,18 +256,18 @@ def test_rows_of_a_group_start_from_the_same_state(run):
 
 def test_guess_group_shares_its_secret(guess):
   """Every winning guess of a task group names the same number."""
-  tr, g = guess.traj, guess.cfg.group_size
-  for b in range(guess.cfg.num_tasks):
+  tr, g = guess.traj, guess.shape.group_size
+  for b in range(guess.shape.num_tasks):
     rows = slice(b * g, (b + 1) * g)
     won_actions = tr.actions[rows, :, 0][tr.won[rows]]
     assert len(set(won_actions.tolist())) <= 1
 
 
 def test_minesweeper_groups_differ_between_tasks(minesweeper):
-  g = minesweeper.cfg.group_size
+  g = minesweeper.shape.group_size
   boards = {minesweeper.observation(b * g, 0, 0).tobytes()
-            for b in range(minesweeper.cfg.num_tasks)}
-  assert len(boards) == minesweeper.cfg.num_tasks
+            for b in range(minesweeper.shape.num_tasks)}
+  assert len(boards) == minesweeper.shape.num_tasks
 
 
 def test_deterministic_given_the_key(run):
@@ -274,3 +276,104 @@ def test_deterministic_given_the_key(run):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   other = run.fn(run.params, jax.random.key(8), run.env.default_params)
   assert not np.array_equal(np.asarray(other.tokens), run.traj.tokens)
+
+
+# ---- the row's pieces (no rollout needed) ------------------------------------------
+
+LAYOUTS = {
+    **{name: (spec["env"], TrialShape(num_tasks=spec["num_tasks"],
+                                      group_size=spec["group_size"],
+                                      num_attempts=spec["num_attempts"],
+                                      num_turns=spec["num_turns"]),
+              dict(memory=spec["memory"], reflection_tokens=spec["reflection_tokens"]))
+       for name, spec in SETUPS.items()},
+    "think_free_both": (("minesweeper-4x4", {}),
+                        TrialShape(num_tasks=1, group_size=2, num_attempts=2,
+                                   num_turns=3),
+                        dict(memory="history_and_reflection", reflection_tokens=5,
+                             action_mode="free", think_tokens=4)),
+    "think_constrained": (("guess", {"num_options": 3, "max_turns": 2}),
+                          TrialShape(num_tasks=2, group_size=4, num_attempts=2,
+                                     num_turns=2),
+                          dict(memory="reflection_only", reflection_tokens=3,
+                               think_tokens=5)),
+    "single_attempt": (("guess", {}),
+                       TrialShape(num_tasks=2, group_size=6, num_attempts=1,
+                                  num_turns=1),
+                       dict(memory="none")),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(name: str):
+  (env_name, overrides), shape, kwargs = LAYOUTS[name]
+  return build_layout(TOKENIZER, envs_jax.make(env_name, **overrides), shape,
+                      **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_pieces_tile_the_row(name):
+  lay = _layout(name)
+  assert lay.shape == LAYOUTS[name][1]
+  pieces = lay.pieces()
+  # Back to back from slot 0 to C: no gap, no overlap, nothing empty.
+  end = 0
+  for p in pieces:
+    assert p.start == end and p.length > 0, p
+    end = p.start + p.length
+  assert end == lay.context_len
+  # Prefix first, then every turn in order, then the reflection pieces.
+  assert pieces[0].name == "prefix" and pieces[0].turn == -1
+  assert pieces[0].length == lay.prefix_len
+  turns = [p.turn for p in pieces[1:]]
+  assert turns == sorted(turns)
+  assert set(turns) == set(range(lay.num_turns + lay.uses_reflection))
+  for t in range(lay.num_turns):
+    turn = [p for p in pieces if p.turn == t]
+    assert [p.name for p in turn] == [n for n, _ in lay.turn_piece_lengths()]
+    assert turn[0].start == lay.turn_start(t)
+    assert sum(p.length for p in turn) == lay.turn_len
+    assert lay.piece("action", t).start == lay.action_start(t)
+    assert lay.piece("action", t).length == lay.action_len
+  refl = [p for p in pieces if p.turn == lay.num_turns]
+  assert [p.name for p in refl] == (["reflect_prompt", "reflection"]
+                                    if lay.uses_reflection else [])
+  assert sum(p.length for p in refl) == lay.reflect_len
+  if refl:
+    assert refl[0].start == lay.reflect_start
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+@pytest.mark.parametrize("train_reflection", [True, False])
+def test_loss_slots_are_the_generated_pieces(name, train_reflection):
+  lay = _layout(name)
+  slots, constrained = lay.loss_slot_kinds(train_reflection)
+  want = [p for p in lay.pieces() if p.name in GENERATED
+          and (train_reflection or p.name != "reflection")]
+  assert want and all(p.generated for p in want)
+  np.testing.assert_array_equal(
+      slots, np.concatenate([np.arange(p.start, p.start + p.length) for p in want]))
+  np.testing.assert_array_equal(constrained, np.concatenate([
+      np.full(p.length, p.name == "action" and lay.action_mode == "constrained")
+      for p in want]))
+  assert slots.dtype == np.int32 and constrained.dtype == np.bool_
+  # Every generated piece follows a prompt piece: slot - 1 is never generated.
+  generated = np.zeros(lay.context_len, bool)
+  for p in lay.pieces():
+    generated[p.start:p.start + p.length] = p.generated
+  assert not generated[0]
+  starts = np.array([p.start for p in want])
+  assert not generated[starts - 1].any()
+  # Nothing else is generated (the thinking tail and the prompts are fed).
+  if train_reflection:
+    np.testing.assert_array_equal(np.nonzero(generated)[0], slots)
+
+
+def test_rollout_loss_mask_lies_in_the_loss_slots(run):
+  """The rollout's generated tokens are exactly in the layout's loss slots."""
+  slots, _ = run.layout.loss_slot_kinds(True)
+  outside = np.ones(run.layout.context_len, bool)
+  outside[slots] = False
+  assert not run.traj.loss_mask[..., outside].any()
+  assert run.traj.loss_mask[..., slots].any()
+  assert run.layout.shape == run.shape

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from envs_jax.text import check_prefix_free
 from lamer_jax.models import llama
 from lamer_jax.models import sampling as smp
 
@@ -272,7 +273,7 @@ def _table():
   for a, row in enumerate(rows):
     tokens[a, :len(row)] = row
   lengths = np.array([len(r) for r in rows], np.int32)
-  smp.check_prefix_free(tokens, lengths)
+  check_prefix_free(tokens, lengths)
   return tokens, lengths
 
 
@@ -429,12 +430,12 @@ def test_score_candidates_equals_teacher_forced_sums(chunk):
 
 def test_check_prefix_free_rejects_prefixes_and_duplicates():
   with pytest.raises(ValueError, match="prefix"):
-    smp.check_prefix_free([[1, 2, 0], [1, 2, 3]], [2, 3])
+    check_prefix_free([[1, 2, 0], [1, 2, 3]], [2, 3])
   with pytest.raises(ValueError, match="prefix"):
-    smp.check_prefix_free([[4, 5], [4, 5]], [2, 2])
+    check_prefix_free([[4, 5], [4, 5]], [2, 2])
   with pytest.raises(ValueError, match="lengths"):
-    smp.check_prefix_free([[4, 5]], [3])
-  smp.check_prefix_free([[1, 2, 0], [1, 3, 4]], [2, 3])
+    check_prefix_free([[4, 5]], [3])
+  check_prefix_free([[1, 2, 0], [1, 3, 4]], [2, 3])
 
 
 @hypothesis.settings(max_examples=50, deadline=None)
@@ -446,10 +447,10 @@ def test_terminated_candidates_are_prefix_free(candidates):
   for a, row in enumerate(rows):
     tokens[a, :len(row)] = row
   lengths = np.array([len(r) for r in rows])
-  smp.check_prefix_free(tokens, lengths)
+  check_prefix_free(tokens, lengths)
   if len(rows) > 1:  # dropping the terminators breaks it whenever one is a prefix
     bare = [tuple(c) for c in candidates]
     has_prefix = any(x != y and y[:len(x)] == x for x in bare for y in bare)
     if has_prefix:
       with pytest.raises(ValueError):
-        smp.check_prefix_free(tokens, lengths - 1)
+        check_prefix_free(tokens, lengths - 1)

@@ -21,12 +21,12 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
 import envs_jax
-from envs_jax.text import ByteTokenizer
 from lamer_jax import sharding
-from lamer_jax import train_step as train_lib
+from lamer_jax.agent.layout import TrialShape, build_layout
+from lamer_jax.agent.trial import RolloutConfig
+from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama
-from lamer_jax.prompts import build_layout
-from lamer_jax.rollout import RolloutConfig
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
@@ -138,8 +138,9 @@ def test_state_shardings_mirror_params():
 @pytest.fixture(scope="module")
 def tiny_step_parts():
   env = envs_jax.make("guess")
-  layout = build_layout(ByteTokenizer(), env, num_attempts=2, num_turns=1,
-                        memory="history_only", reflection_tokens=8)
+  shape = TrialShape(num_tasks=2, group_size=2, num_attempts=2, num_turns=1)
+  layout = build_layout(ByteTokenizer(), env, shape, memory="history_only",
+                        reflection_tokens=8)
   algo = train_lib.AlgoConfig()
   state = train_lib.init_train_state(llama.init_params(MCFG, jax.random.key(0)),
                                      algo, jax.random.key(1))
@@ -148,7 +149,7 @@ def tiny_step_parts():
 
 def test_no_mesh_adds_no_sharding_constraint(tiny_step_parts):
   env, layout, algo, state = tiny_step_parts
-  rollout_cfg = RolloutConfig(num_tasks=2, group_size=2)
+  rollout_cfg = RolloutConfig()
   texts = {}
   for name, mesh in (("none", None), ("mesh", sharding.make_mesh())):
     step = train_lib.make_train_step(env, MCFG, layout, rollout_cfg, algo,
@@ -160,12 +161,13 @@ def test_no_mesh_adds_no_sharding_constraint(tiny_step_parts):
 
 def test_sharded_step_checks_rows():
   env = envs_jax.make("guess")
-  layout = build_layout(ByteTokenizer(), env, num_attempts=2, num_turns=1,
-                        memory="history_only", reflection_tokens=8)
+  shape = TrialShape(num_tasks=2, group_size=2, num_attempts=2, num_turns=1)
+  layout = build_layout(ByteTokenizer(), env, shape, memory="history_only",
+                        reflection_tokens=8)
   mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,))
   with pytest.raises(ValueError, match="lack 'fsdp'"):
-    sharding.make_sharded_train_step(env, MCFG, layout, RolloutConfig(),
-                                     train_lib.AlgoConfig(), mesh)
+    train_lib.make_train_step(env, MCFG, layout, RolloutConfig(),
+                              train_lib.AlgoConfig(), mesh=mesh)
 
 
 # ---- multi-host initialisation ------------------------------------------------------

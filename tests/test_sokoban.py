@@ -1,4 +1,4 @@
-"""Tests for envs_jax.sokoban and its plain-Python reference."""
+"""Tests for envs_jax.games.sokoban and its plain-Python reference."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from hypothesis import strategies as st
 
 import envs_jax
 from envs_jax.reference.sokoban import PySokoban, solve
-from envs_jax.sokoban import Sokoban, SokobanState
+from envs_jax.games.sokoban import Sokoban, SokobanState
 
 ENV = Sokoban()
 PARAMS = ENV.default_params
+KEY = jax.random.key(0)  # Sokoban is deterministic: its steps ignore the key
 BATCH = 1024
 TURNS = 10  # turns per rollout in the property tests (> max_turns)
 
 _reset_batch = jax.jit(jax.vmap(ENV.reset, in_axes=(0, None)))
-_step_batch = jax.jit(jax.vmap(ENV.step, in_axes=(0, 0, None)))
+_step_batch = jax.jit(jax.vmap(ENV.step, in_axes=(None, 0, 0, None)))
 _step = jax.jit(ENV.step)
 _symbols = jax.jit(ENV.render_symbols)
 
@@ -32,7 +33,7 @@ def _rollout_fn(env: Sokoban):
   @jax.jit
   def rollout(state, actions):
     def body(s, a):
-      s, ts = env.step(s, a, PARAMS)
+      s, ts = env.step(KEY, s, a, PARAMS)
       return s, (s, ts, env.render_symbols(s, PARAMS), env.state_key(s))
     return jax.lax.scan(body, state, actions)[1]
   return rollout
@@ -101,7 +102,7 @@ def test_reset_step_batch_1():
   assert states.walls.shape == (1, 6, 6) and states.walls.dtype == jnp.bool_
   assert states.player.shape == (1, 2) and states.player.dtype == jnp.int32
   assert not bool(ts.done[0]) and float(ts.reward[0]) == 0.0
-  states, ts = _step_batch(states, jnp.zeros((1,), jnp.int32), PARAMS)
+  states, ts = _step_batch(KEY, states, jnp.zeros((1,), jnp.int32), PARAMS)
   assert ts.reward.shape == (1,) and ts.reward.dtype == jnp.float32
   assert int(states.turns[0]) == 1 and int(ts.steps[0]) == 1
 
@@ -114,8 +115,8 @@ def test_reset_step_batch_1024():
   assert ((states.boxes & ~states.targets).sum((1, 2)) > 0).all()
   assert (states.boxes.sum((1, 2)) == ENV.num_boxes).all()
   actions = jax.random.randint(jax.random.key(1), (2, BATCH), 0, ENV.num_actions)
-  states, first = _step_batch(states, actions[0], PARAMS)
-  states, ts = _step_batch(states, actions[1], PARAMS)
+  states, first = _step_batch(KEY, states, actions[0], PARAMS)
+  states, ts = _step_batch(KEY, states, actions[1], PARAMS)
   assert ts.done.shape == (BATCH,)
   # An attempt that ended on the first turn does not count the second one.
   np.testing.assert_array_equal(states.turns, 2 - np.asarray(first.done))
@@ -148,13 +149,13 @@ def test_registry_overrides_generate_valid_levels():
 def test_known_solution_rewards_exactly():
   state = _hand_level(TWO_BOX)
   assert solve(state.walls, state.targets, state.boxes, state.player) == 5
-  state, ts = _step(state, _act("right"), PARAMS)
+  state, ts = _step(KEY, state, _act("right"), PARAMS)
   np.testing.assert_allclose(ts.reward, -0.1 + 1.0, rtol=1e-6)
   assert not bool(ts.done) and not bool(ts.invalid)
-  state, ts = _step(state, _act("down, left, down"), PARAMS)
+  state, ts = _step(KEY, state, _act("down, left, down"), PARAMS)
   np.testing.assert_allclose(ts.reward, -0.3, rtol=1e-6)
   # The turn stops at the solving move: "up, up" is never played.
-  state, ts = _step(state, _act("right, up, up"), PARAMS)
+  state, ts = _step(KEY, state, _act("right, up, up"), PARAMS)
   np.testing.assert_allclose(ts.reward, -0.1 + 1.0 + 10.0, rtol=1e-6)
   assert bool(ts.done) and bool(ts.won) and not bool(ts.truncated)
   assert int(state.moves) == 5 and int(ts.steps) == 3
@@ -165,13 +166,13 @@ def test_known_solution_rewards_exactly():
 
 
 def test_push_off_target_into_corner_is_deadlock_and_then_noop():
-  state, _ = _step(_hand_level(TWO_BOX), _act("right"), PARAMS)
+  state, _ = _step(KEY, _hand_level(TWO_BOX), _act("right"), PARAMS)
   # Pushing the box from its target into the top-right corner: -0.1 - 1.
-  state, ts = _step(state, _act("right, down, down"), PARAMS)
+  state, ts = _step(KEY, state, _act("right, down, down"), PARAMS)
   np.testing.assert_allclose(ts.reward, -1.1, rtol=1e-6)
   assert bool(ts.done) and not bool(ts.won) and not bool(ts.truncated)
   assert int(state.moves) == 2  # the turn stopped at the deadlock
-  after, ts2 = _step(state, _act("left"), PARAMS)
+  after, ts2 = _step(KEY, state, _act("left"), PARAMS)
   assert float(ts2.reward) == 0.0 and bool(ts2.done) and not bool(ts2.won)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
@@ -180,7 +181,7 @@ def test_push_off_target_into_corner_is_deadlock_and_then_noop():
 def test_blocked_moves_are_invalid_and_truncation_after_max_turns():
   state = _hand_level(TWO_BOX)
   for turn in range(1, ENV.max_turns + 1):
-    state, ts = _step(state, _act("up, left"), PARAMS)  # both into walls
+    state, ts = _step(KEY, state, _act("up, left"), PARAMS)  # both into walls
     assert bool(ts.invalid)
     np.testing.assert_allclose(ts.reward, -0.2, rtol=1e-6)
     assert bool(ts.done) == (turn == ENV.max_turns)
@@ -188,7 +189,7 @@ def test_blocked_moves_are_invalid_and_truncation_after_max_turns():
   # A push into another box or a wall is a no-op too.
   blocked = _hand_level(["######", "#PXX_#", "#____#", "#_OO_#", "#____#",
                          "######"])
-  _, ts = _step(blocked, _act("right"), PARAMS)
+  _, ts = _step(KEY, blocked, _act("right"), PARAMS)
   assert bool(ts.invalid)
 
 
@@ -196,9 +197,9 @@ def test_truncation_after_max_moves_mid_turn():
   env = Sokoban(max_moves=4)
   step = jax.jit(env.step)
   state = _hand_level(TWO_BOX)
-  state, ts = step(state, _act("down, down, up"), PARAMS)
+  state, ts = step(KEY, state, _act("down, down, up"), PARAMS)
   assert not bool(ts.done) and int(state.moves) == 3
-  state, ts = step(state, _act("up, up, up"), PARAMS)
+  state, ts = step(KEY, state, _act("up, up, up"), PARAMS)
   assert bool(ts.done) and bool(ts.truncated) and not bool(ts.won)
   assert int(state.moves) == 4
   np.testing.assert_allclose(ts.reward, -0.1, rtol=1e-6)
@@ -219,8 +220,8 @@ def test_render_and_instructions():
 
 def test_state_key_tracks_player_and_boxes():
   state = _hand_level(TWO_BOX)
-  moved, _ = _step(state, _act("down"), PARAMS)
-  back, _ = _step(moved, _act("up"), PARAMS)
+  moved, _ = _step(KEY, state, _act("down"), PARAMS)
+  back, _ = _step(KEY, moved, _act("up"), PARAMS)
   assert int(ENV.state_key(state)) == int(ENV.state_key(back))
   assert int(ENV.state_key(state)) != int(ENV.state_key(moved))
   assert ENV.state_key(state).dtype == jnp.uint32

@@ -1,4 +1,4 @@
-"""Tests for ``lamer_jax.train_step``: one whole LaMer iteration, jitted.
+"""Tests for ``lamer_jax.algos.lamer``: one whole LaMer iteration, jitted.
 
 Three small steps (tiny-llama, guess with 3 numbers, 2 tasks), each compiled
 once per module:
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import envs_jax
-from envs_jax.text import ByteTokenizer
-from lamer_jax import train_step as train_lib
+from lamer_jax.agent.layout import TrialShape, build_layout
+from lamer_jax.agent.trial import RolloutConfig, eval_seeds
+from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama
-from lamer_jax.prompts import build_layout
-from lamer_jax.rollout import RolloutConfig
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
 NUM_TASKS, GROUP, ATTEMPTS = 2, 2, 3
@@ -48,15 +48,14 @@ class Run:
   def __init__(self, name: str):
     spec = SETUPS[name]
     env = envs_jax.make("guess", num_options=3)
-    layout = build_layout(ByteTokenizer(), env, num_attempts=spec["attempts"],
-                          num_turns=1, memory=spec["memory"],
+    shape = TrialShape(num_tasks=NUM_TASKS, group_size=spec["group"],
+                       num_attempts=spec["attempts"], num_turns=1)
+    layout = build_layout(ByteTokenizer(), env, shape, memory=spec["memory"],
                           reflection_tokens=4)
     self.algo = spec["algo"]
     self.attempts = spec["attempts"]
-    self.step = train_lib.make_train_step(
-        env, MCFG, layout, RolloutConfig(num_tasks=NUM_TASKS,
-                                         group_size=spec["group"]),
-        self.algo)
+    self.step = train_lib.make_train_step(env, MCFG, layout, RolloutConfig(),
+                                          self.algo)
     params = llama.init_params(MCFG, jax.random.key(0))
     state = train_lib.init_train_state(params, self.algo, jax.random.key(1))
     # The step donates its input state: keep host copies of what we compare.
@@ -145,17 +144,18 @@ def test_batched_evaluation_plays_each_batch_like_a_separate_call():
   """batch_size=2 over 4 tasks = two 2-task evaluations with keys folded in
   order; per-task means (pass@k) are the mean of the two halves'."""
   env = envs_jax.make("guess", num_options=3)
-  layout = build_layout(ByteTokenizer(), env, num_attempts=2, num_turns=1,
-                        memory="history_only", reflection_tokens=4)
+  shape = TrialShape(num_tasks=4, group_size=1, num_attempts=2, num_turns=1)
+  layout = build_layout(ByteTokenizer(), env, shape, memory="history_only",
+                        reflection_tokens=4)
   params = llama.init_params(MCFG, jax.random.key(0))
-  cfg = RolloutConfig(num_tasks=4, group_size=1)
-  seeds = train_lib.eval_seeds(4)
+  cfg = RolloutConfig()
+  seeds = eval_seeds(4)
   key = jax.random.key(5)
   played = []
   batched = train_lib.make_eval_fn(env, MCFG, layout, cfg, batch_size=2,
                                    on_batch=played.append)
-  single = train_lib.make_eval_fn(env, MCFG, layout,
-                                  RolloutConfig(num_tasks=2, group_size=1))
+  single = train_lib.make_eval_fn(env, MCFG, layout.with_tasks(2, group_size=1),
+                                  cfg)
   got = jax.device_get(batched(params, key, seeds))
   jax.effects_barrier()
   assert played == [2, 2]   # the progress hook heard of each batch

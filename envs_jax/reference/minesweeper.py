@@ -1,4 +1,4 @@
-"""A plain-Python MineSweeper with the rules of ``envs_jax.minesweeper``.
+"""A plain-Python MineSweeper with the rules of ``envs_jax.games.minesweeper``.
 
 Lists and ints only (no numpy or JAX in ``step``): it is the oracle of the
 differential test and the host-side baseline of the steps/s benchmark, so it is
@@ -17,7 +17,7 @@ _NEIGHBOURS = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
 
 
 class PyMineSweeper:
-  """One MineSweeper attempt at a time; see ``envs_jax.minesweeper``.
+  """One MineSweeper attempt at a time; see ``envs_jax.games.minesweeper``.
 
   Cells are indexed row-major: action ``i`` opens row ``i // width``, column
   ``i % width`` (0-based here; the action text is 1-based).

@@ -1,4 +1,4 @@
-"""Plain-Python Sokoban following the rules of ``envs_jax.sokoban``.
+"""Plain-Python Sokoban following the rules of ``envs_jax.games.sokoban``.
 
 No JAX and no numpy: the board is a few Python sets of (row, col) cells, and
 the step loop is a straightforward interpreter of the move sequence. It serves
@@ -64,7 +64,7 @@ def _score(boxes: list[Cell], targets: list[Cell], switches: int) -> float:
 
 
 class PySokoban:
-  """One Sokoban attempt with the rules and rewards of ``envs_jax.sokoban``."""
+  """One Sokoban attempt with the rules and rewards of ``envs_jax.games.sokoban``."""
 
   def __init__(self, height: int = 6, width: int = 6, num_boxes: int = 2,
                moves_per_turn: int = 3, max_turns: int = 7, max_moves: int = 30,

@@ -1,7 +1,15 @@
 """The shared configuration: every key an experiment may set, LaMer defaults.
 
-Other configuration files start from ``get_config()`` and change values; they
-never add keys (the dict is locked, and ``experiments.common.validate``
+One configuration file per method (``lamer.py``, ``rl.py``, ``zero_shot.py``,
+``reflexion.py``) starts from ``get_config()``, points it at a game with
+``for_env`` (the per-game values of ``ENV_OVERRIDES``) and changes the
+method's values; the game is the text after ``:`` on the command line, which
+``ml_collections.config_flags`` passes to the file's ``get_config(arg)``:
+
+    --config=experiments/configs/lamer.py:minesweeper
+    --config=experiments/configs/rl.py:sokoban,grpo
+
+Files never add keys (the dict is locked, and ``experiments.common.validate``
 rejects keys this file does not define). Only ``env.overrides`` (static fields
 of the game, e.g. ``num_boxes``) and ``env.params`` (fields of its parameter
 pytree, e.g. ``step_penalty``) take free-form keys, checked against the game.
@@ -16,10 +24,24 @@ held-out tasks at temperature 0.7, top-p 0.8, top-k 20.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
 METHODS = ("lamer", "rl", "zero_shot", "reflexion")
+
+# Per-game values every method shares, as dotted keys of ``get_config()``.
+# Mini-batches hold about 64 turn-samples (LaMer's PPO mini-batch) of the 384
+# attempt rows of a step: 8 rows of <= 7 Sokoban turns, 3 rows of <= 20
+# MineSweeper turns. Values that only one method sets per game (LaMer's
+# gamma_traj) live in that method's file.
+ENV_OVERRIDES: dict[str, dict[str, Any]] = {
+    "sokoban": {"algo.num_minibatches": 48},
+    "minesweeper": {"algo.num_minibatches": 128},
+}
+ENVS = tuple(ENV_OVERRIDES)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -120,44 +142,32 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def set_env(config: ml_collections.ConfigDict, env: str) -> None:
-  """Points ``config`` at Sokoban or MineSweeper with LaMer's budgets.
+def choose(what: str, value: str, choices: Sequence[str]) -> str:
+  """``value`` if it is one of ``choices``, else a ``ValueError`` naming them."""
+  if value not in choices:
+    raise ValueError(f"unknown {what} {value!r}; choose one of {list(choices)}")
+  return value
 
-  Mini-batches hold about 64 turn-samples (LaMer's PPO mini-batch) of the
-  384 attempt rows of a step: 8 rows of <= 7 Sokoban turns, 3 rows of <= 20
-  MineSweeper turns.
+
+def for_env(config: ml_collections.ConfigDict, env: str) -> ml_collections.ConfigDict:
+  """Points ``config`` at ``env`` (one of ``ENVS``) with its ``ENV_OVERRIDES``.
+
+  Other registered variants (``sokoban-8x8``, ...) are one more override
+  away: ``--config.env.name=sokoban-8x8`` keeps the family's values.
+
+  Raises:
+    ValueError: ``env`` is not one of ``ENVS``.
   """
-  if env.startswith("sokoban"):
-    config.algo.num_minibatches = 48
-  elif env.startswith("minesweeper"):
-    config.algo.num_minibatches = 128
-  else:
-    raise ValueError(f"set_env knows sokoban* and minesweeper*, got {env!r}")
+  choose("env", env, ENVS)
   config.env.name = env
+  config.update_from_flattened_dict(ENV_OVERRIDES[env])
+  return config
 
 
-def as_rl(config: ml_collections.ConfigDict, estimator: str) -> None:
-  """The single-episode RL baseline with the same sampled episodes per task.
-
-  Trains on ``G * N`` independent episodes per task (8 trials x 3 attempts =
-  24, as in LaMer's GiGPO/GRPO scripts), one attempt each and no memory;
-  evaluation still gives it ``eval.num_attempts`` independent attempts.
-  """
-  attempts = config.rollout.num_attempts
-  config.method = "rl"
-  config.rollout.group_size = config.rollout.group_size * attempts
-  config.rollout.num_attempts = 1
-  config.rollout.memory = "none"
-  config.algo.estimator = estimator
-  # GRPO as usually defined divides by the group's std; GiGPO keeps LaMer's
-  # mean_norm.
-  config.algo.normalize_std = estimator == "grpo"
-
-
-def as_prompting(config: ml_collections.ConfigDict, method: str) -> None:
+def as_prompting(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
   """A prompting baseline: the frozen model, evaluated only."""
-  if method not in ("zero_shot", "reflexion"):
-    raise ValueError(f"prompting methods are zero_shot and reflexion, got {method!r}")
+  choose("prompting method", method, ("zero_shot", "reflexion"))
   config.method = method
   config.train.steps = 0
   config.rollout.memory = "none" if method == "zero_shot" else "reflection_only"
+  return config

@@ -11,14 +11,12 @@ checkpoints, evaluation, pass@k table), not learning.
 
 from __future__ import annotations
 
-from experiments.configs import base
+from experiments.configs import lamer
 
 
 def get_config():
-  config = base.get_config()
+  config = lamer.get_config("sokoban")   # gamma_traj 0.9
   config.name = "quickstart"
-  config.env.name = "sokoban"
-  config.algo.gamma_traj = 0.9
   config.rollout.num_tasks = 1
   config.rollout.group_size = 2
   config.rollout.num_attempts = 2

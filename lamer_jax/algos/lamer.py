@@ -1,13 +1,14 @@
-"""One LaMer iteration as one jitted function.
+"""LaMer (and its on-policy baselines): one iteration as one jitted function.
 
     train_step = make_train_step(env, mcfg, layout, rollout_cfg, algo_cfg)
     state, metrics = train_step(state)
 
-does rollout (B tasks x G trials x N attempts, reflections included),
-cross-episode returns, GRPO/GiGPO advantages, and PPO epochs over minibatches
-of attempt rows with optax, all inside one XLA program. The same machinery
-runs the baselines: single-episode RL is ``num_attempts=1, memory="none"``
-with ``G * N`` trials per task; the prompting baselines only evaluate.
+reads top to bottom: COLLECT (the trial loop of ``agent.trial``: B tasks x G
+trials x N attempts, reflections included), RETURNS and ADVANTAGES
+(cross-episode returns, GRPO/GiGPO), UPDATE (PPO epochs over minibatches of
+attempt rows with optax), all inside one XLA program. The same machinery runs
+the baselines: single-episode RL is ``num_attempts=1, memory="none"`` with
+``G * N`` trials per task; the prompting baselines only evaluate.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from flax import struct
 
 from envs_jax.core import Environment
 from lamer_jax import evaluation, losses, returns, sharding
-from lamer_jax.models import llama, sampling
-from lamer_jax.prompts import ContextLayout
-from lamer_jax.rollout import RolloutConfig, Trajectory, rollout
-
-TRAIN_SEEDS = 1 << 16        # training tasks use seeds [0, 2^16) (LaMer)
-EVAL_SEED_OFFSET = 1 << 16   # held-out tasks use seeds from 2^16 on
+from lamer_jax.agent.layout import ContextLayout
+from lamer_jax.agent.scoring import row_logprobs
+from lamer_jax.agent.trial import (RolloutConfig, Trajectory, rollout,
+                                   task_seeds)
+from lamer_jax.models import llama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,96 +92,6 @@ def init_train_state(params, algo: AlgoConfig, key: jax.Array) -> TrainState:
                     step=jnp.zeros((), jnp.int32), key=key)
 
 
-def task_seeds(key: jax.Array, num_tasks: int) -> jax.Array:
-  """Training task seeds, uniform in [0, 2^16)."""
-  return jax.random.randint(key, (num_tasks,), 0, TRAIN_SEEDS, jnp.int32)
-
-
-def eval_seeds(num_tasks: int, offset: int = 0) -> jax.Array:
-  """Held-out task seeds: a fixed set from 2^16 on."""
-  return EVAL_SEED_OFFSET + offset + jnp.arange(num_tasks, dtype=jnp.int32)
-
-
-def loss_slot_kinds(layout: ContextLayout,
-                    train_reflection: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Static slot indices of every generated token of an attempt's row, and
-  which of them are constrained action tokens.
-
-  Per turn: its thinking tokens (if any), then its action tokens; then the
-  reflection tokens. Each generated span directly follows its (always real)
-  prompt piece, so the logits predicting slot s are the model's outputs at
-  slot s - 1. Constrained action tokens are scored under the candidate
-  table's prefix mask; all others (thinking, free-form actions,
-  reflections) over the whole vocabulary.
-  """
-  idx, kind = [], []
-  constrained = layout.action_mode == "constrained"
-  for t in range(layout.num_turns):
-    if layout.thinks:
-      idx.append(layout.turn_start(t) + layout.turn_prompt_len
-                 + np.arange(layout.think_tokens))
-      kind.append(np.zeros(layout.think_tokens, bool))
-    idx.append(layout.action_start(t) + np.arange(layout.action_len))
-    kind.append(np.full(layout.action_len, constrained))
-  if layout.uses_reflection and train_reflection:
-    idx.append(layout.reflect_start + layout.reflect_prompt_len
-               + np.arange(layout.reflection_tokens))
-    kind.append(np.zeros(layout.reflection_tokens, bool))
-  return np.concatenate(idx).astype(np.int32), np.concatenate(kind)
-
-
-def loss_slots(layout: ContextLayout, train_reflection: bool) -> np.ndarray:
-  """Static slot indices of every generated token (``loss_slot_kinds``)."""
-  return loss_slot_kinds(layout, train_reflection)[0]
-
-
-def policy_logprobs(params, mcfg: llama.ModelConfig, layout: ContextLayout,
-                    batch: dict[str, jax.Array], temperature: float,
-                    train_reflection: bool) -> tuple[jax.Array, jax.Array]:
-  """Teacher-forced log-probs and entropies of the generated tokens.
-
-  Args:
-    batch: rows [M, C] (tokens, positions, token_mask) plus ``actions_allowed``
-      bool[M, T, A].
-
-  Returns:
-    (logp f32[M, K], entropy f32[M, K]) at the slots ``loss_slots(layout)``.
-  """
-  codec = layout.codec
-  m = batch["tokens"].shape[0]
-  t_n, la = layout.num_turns, layout.action_len
-  slots_np, constrained = loss_slot_kinds(layout, train_reflection)
-  slots = jnp.asarray(slots_np)
-  _, hidden, _ = llama.forward(params, mcfg, batch["tokens"], batch["positions"],
-                               token_mask=batch["token_mask"], compute_logits=False)
-  logits = llama.lm_head(params, mcfg, hidden[:, slots - 1])        # [M, K, V]
-  targets = batch["tokens"][:, slots]
-  tmask = batch["token_mask"][:, slots]
-  logp = jnp.zeros(targets.shape, jnp.float32)
-  ent = jnp.zeros(targets.shape, jnp.float32)
-  c_idx, f_idx = np.nonzero(constrained)[0], np.nonzero(~constrained)[0]
-  if c_idx.size:   # T turns x La action tokens, turn-major
-    a_logits = logits[:, c_idx].reshape(m * t_n, la, -1)
-    a_tok = targets[:, c_idx].reshape(m * t_n, la)
-    a_mask = tmask[:, c_idx].reshape(m * t_n, la)
-    allowed = batch["action_allowed"].reshape(m * t_n, -1)
-    a_logp, a_allowed = sampling.action_token_logprobs(
-        a_logits, a_tok, a_mask, jnp.asarray(codec.action_tokens),
-        jnp.asarray(codec.action_lengths), allowed, temperature,
-        return_allowed=True)
-    a_ent = losses.masked_entropy(a_logits, a_allowed, temperature)
-    logp = logp.at[:, c_idx].set(a_logp.reshape(m, -1))
-    ent = ent.at[:, c_idx].set(a_ent.reshape(m, -1))
-  if f_idx.size:   # thinking, free-form actions, reflections: whole vocabulary
-    f_logits = logits[:, f_idx]
-    f_lp = jax.nn.log_softmax(f_logits.astype(jnp.float32) / temperature, axis=-1)
-    f_tok = targets[:, f_idx]
-    logp = logp.at[:, f_idx].set(
-        jnp.take_along_axis(f_lp, f_tok[..., None], axis=-1)[..., 0])
-    ent = ent.at[:, f_idx].set(losses.masked_entropy(f_logits, None, temperature))
-  return logp, ent
-
-
 def trajectory_metrics(traj: Trajectory) -> dict[str, jax.Array]:
   """pass@k, per-attempt success, returns and behaviour statistics."""
   tokens_per_turn = None
@@ -200,29 +110,39 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
                     algo: AlgoConfig, env_params: Any = None,
                     jit: bool = True, mesh: jax.sharding.Mesh | None = None,
                     ) -> Callable[[TrainState], tuple[TrainState, dict]]:
-  """Builds ``train_step(state) -> (state, metrics)``: one whole LaMer iteration.
+  """Builds ``train_step(state) -> (state, metrics)``: one whole LaMer iteration
+  on ``layout.shape`` trials.
 
-  ``mesh`` (optional, see ``lamer_jax.sharding.make_sharded_train_step``)
-  splits the rollout rows and the training minibatches over the mesh's data
-  axes; None leaves the step exactly as on one device.
+  ``mesh`` (optional, ``lamer_jax.sharding.make_mesh``) splits the rollout rows
+  and the training minibatches over the mesh's ("data", "fsdp") axes and, when
+  jitted, lays the state out by ``sharding.state_shardings`` on the way in and
+  out (place it first with ``sharding.shard_train_state``); metrics come back
+  replicated. None leaves the step exactly as on one device.
+
+  Raises:
+    ValueError: the attempt rows do not split into the minibatches, or (with a
+      mesh) the rows or minibatch rows do not split over data x fsdp.
   """
   env_params = env.default_params if env_params is None else env_params
   opt = make_optimizer(algo)
-  rows = rollout_cfg.num_rows * layout.num_attempts
+  rows = layout.shape.num_attempt_rows
   if rows % algo.num_minibatches:
     raise ValueError(f"{rows} attempt rows (tasks x group x attempts) do not split "
                      f"into {algo.num_minibatches} minibatches")
   mb_rows = rows // algo.num_minibatches
-  slots = loss_slots(layout, algo.train_reflection)
+  if mesh is not None:
+    sharding.check_rows(layout.shape.num_rows, mesh)
+    sharding.check_rows(mb_rows, mesh, "minibatch rows")
+  slots = layout.loss_slot_kinds(algo.train_reflection)[0]
   temperature = rollout_cfg.temperature
 
   def loss_fn(params, ref_params, mb):
-    logp, ent = policy_logprobs(params, mcfg, layout, mb, temperature,
-                                algo.train_reflection)
+    logp, ent = row_logprobs(params, mcfg, layout, mb, temperature,
+                             algo.train_reflection)
     logp_ref = None
     if algo.kl_coef > 0:
-      logp_ref, _ = policy_logprobs(ref_params, mcfg, layout, mb, temperature,
-                                    algo.train_reflection)
+      logp_ref, _ = row_logprobs(ref_params, mcfg, layout, mb, temperature,
+                                 algo.train_reflection)
       logp_ref = jax.lax.stop_gradient(logp_ref)
     loss, metrics = losses.ppo_policy_loss(
         logp, mb["logp_old"], mb["advantages"], mb["loss_mask"],
@@ -231,14 +151,29 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
         entropy_coef=algo.entropy_coef, logp_ref=logp_ref, kl_coef=algo.kl_coef)
     return loss, metrics
 
+  def minibatch_update(carry, idx, data, ref_params):
+    params, opt_state = carry
+    mb = jax.tree.map(lambda x: x[idx], data)
+    # [sharding] each device runs forward/backward on its share of the
+    # minibatch; the compiler all-reduces the gradients. No-op without mesh.
+    mb = sharding.constrain_rows(mb, mesh)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, ref_params, mb)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return (params, opt_state), metrics
+
   def train_step(state: TrainState):
     key, k_task, k_roll, k_perm = jax.random.split(state.key, 4)
-    seeds = task_seeds(k_task, rollout_cfg.num_tasks)
+    # ---- COLLECT: B x G trials of N attempts on fresh training tasks.
+    seeds = task_seeds(k_task, layout.shape.num_tasks)
     traj = rollout(state.params, k_roll, env_params, env=env, mcfg=mcfg,
                    layout=layout, cfg=rollout_cfg, task_seeds=seeds, mesh=mesh)
+    # ---- RETURNS and ADVANTAGES: cross-episode returns, GRPO / GiGPO.
     adv = returns.lamer_advantages(
         traj.rewards, traj.turn_valid, traj.attempt_valid, traj.state_keys,
-        group_size=rollout_cfg.group_size, gamma_step=algo.gamma_step,
+        group_size=layout.shape.group_size, gamma_step=algo.gamma_step,
         gamma_traj=algo.gamma_traj, estimator=algo.estimator,
         normalize_std=algo.normalize_std, step_weight=algo.step_weight)
     tok_adv = returns.broadcast_to_tokens(adv.turn, adv.reflection,
@@ -254,25 +189,13 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
     }
     data = sharding.constrain_rows(data, mesh)  # [sharding] no-op without mesh
 
+    # ---- UPDATE: PPO epochs over shuffled minibatches of attempt rows.
     def epoch(carry, ekey):
-      params, opt_state = carry
       perm = jax.random.permutation(ekey, rows).reshape(algo.num_minibatches,
                                                           mb_rows)
-
-      def minibatch(carry, idx):
-        params, opt_state = carry
-        mb = jax.tree.map(lambda x: x[idx], data)
-        # [sharding] each device runs forward/backward on its share of the
-        # minibatch; the compiler all-reduces the gradients. No-op without mesh.
-        mb = sharding.constrain_rows(mb, mesh)
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, state.ref_params, mb)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return (params, opt_state), metrics
-
-      return jax.lax.scan(minibatch, (params, opt_state), perm)
+      return jax.lax.scan(
+          lambda c, idx: minibatch_update(c, idx, data, state.ref_params),
+          carry, perm)
 
     (params, opt_state), loss_metrics = jax.lax.scan(
         epoch, (state.params, state.opt_state),
@@ -286,7 +209,17 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
                            ref_params=state.ref_params, step=state.step + 1, key=key)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=0) if jit else train_step
+  if not jit:
+    return train_step
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  abstract = jax.eval_shape(
+      lambda k: init_train_state(llama.init_params(mcfg, k), algo, k),
+      jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh, mcfg)
+  return jax.jit(train_step, in_shardings=(shardings,),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
 
 
 def make_eval_fn(env: Environment, mcfg: llama.ModelConfig, layout: ContextLayout,
@@ -308,9 +241,9 @@ def make_eval_fn(env: Environment, mcfg: llama.ModelConfig, layout: ContextLayou
   env_params = env.default_params if env_params is None else env_params
 
   def play(params, key, seeds):
-    cfg = dataclasses.replace(rollout_cfg, num_tasks=seeds.shape[0])
-    traj = rollout(params, key, env_params, env=env, mcfg=mcfg, layout=layout,
-                   cfg=cfg, task_seeds=seeds, mesh=mesh)
+    traj = rollout(params, key, env_params, env=env, mcfg=mcfg,
+                   layout=layout.with_tasks(seeds.shape[0], group_size=1),
+                   cfg=rollout_cfg, task_seeds=seeds, mesh=mesh)
     if on_batch is not None:
       # The operand depends on the batch's result, so the call comes after it.
       jax.debug.callback(lambda _: on_batch(seeds.shape[0]), jnp.any(traj.won))

@@ -353,9 +353,11 @@ class MineSweeper(Environment):
     hit = jnp.any((masks & bits) != 0, axis=1)
     return (hit | (jnp.arange(h * w) == cell)).reshape(h, w)
 
-  def step(self, state: MineSweeperState, action: jax.Array,
+  def step(self, key: jax.Array, state: MineSweeperState, action: jax.Array,
            params: MineSweeperParams):
     """Opens the cell ``action`` (int32 in [0, H*W), row-major).
+
+    Deterministic: ``key`` is ignored (the mines were placed in ``reset``).
 
     An out-of-range index counts as an ineffective click. Stepping a finished
     attempt returns it unchanged, with zero reward and its final flags.
@@ -363,6 +365,7 @@ class MineSweeper(Environment):
     Returns:
       (next state, TimeStep) with float32 reward and bool flags.
     """
+    del key
     h, w = self.height, self.width
     action = jnp.asarray(action, jnp.int32)
     in_range = (action >= 0) & (action < h * w)
