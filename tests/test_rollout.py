@@ -235,7 +235,7 @@ def test_history_memory_shows_previous_actions(guess):
       text = guess.text(r, n)
       for k in range(n):
         action = env.action_strings[tr.actions[r, k, 0]]
-        assert (f"On trial #{k + 1}, you took these actions: {action}; "
+        assert (f"On attempt #{k + 1}, you took these actions: {action}; "
                 in text), text
         checked += 1
       assert text.count("you took these actions") == n

@@ -26,7 +26,7 @@ One attempt's row (``C`` slots), in order:
              [reflection tokens]
 
 A memory entry k holds, by memory mode, the reflection written after attempt k
-("On trial #k, the task is NOT successfully completed. Your reflection is: ...")
+("On attempt #k, the task is NOT successfully completed. Your reflection is: ...")
 and/or the actions taken in attempt k.
 """
 
@@ -181,9 +181,9 @@ class ContextLayout:
   # constant pieces (1-D int32 arrays)
   prefix_open: np.ndarray
   prefix_close: np.ndarray
-  memory_headers: np.ndarray      # [N-1, Lh] "On trial #k ... reflection is: "
+  memory_headers: np.ndarray      # [N-1, Lh] "On attempt #k ... reflection is: "
   memory_header_lengths: np.ndarray
-  history_headers: np.ndarray     # [N-1, Lhh] "On trial #k you took these actions: "
+  history_headers: np.ndarray     # [N-1, Lhh] "On attempt #k you took these actions: "
   history_header_lengths: np.ndarray
   memory_sep: np.ndarray          # "\n" after a memory entry
   display_tokens: np.ndarray      # [A, Ld] "{action}; " per candidate (history)
@@ -401,9 +401,9 @@ def build_layout(tokenizer, env, shape: TrialShape, *,
             f"{env.action_strings[0]}{ACTION_CLOSE}. You have up to {num_attempts} "
             f"attempts at the same task; each attempt restarts from the same "
             f"initial state.{system_extra}")
-  headers = [f"On trial #{k + 1}, the task is NOT successfully completed. "
+  headers = [f"On attempt #{k + 1}, the task is NOT successfully completed. "
              f"Your reflection is: " for k in range(max(1, num_attempts - 1))]
-  hist = [f"On trial #{k + 1}, you took these actions: "
+  hist = [f"On attempt #{k + 1}, you took these actions: "
           for k in range(max(1, num_attempts - 1))]
   t = lambda s: _tok(tokenizer, s)
   if think_tokens:
