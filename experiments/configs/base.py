@@ -92,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.rollout.top_k = 0          # 0: no top-k filter
   config.rollout.top_p = 1.0
 
-  # Every field of lamer_jax.train_step.AlgoConfig.
+  # Every field of lamer_jax.algos.lamer.AlgoConfig.
   config.algo = ml_collections.ConfigDict()
   config.algo.estimator = "gigpo"
   config.algo.normalize_std = False   # GiGPO "mean_norm"
