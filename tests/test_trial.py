@@ -3,6 +3,8 @@ bookkeeping, and both of its policies (the language model, uniform random)."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,15 +21,25 @@ from lamer_jax.models.tokenizer import ByteTokenizer
 MCFG = llama.TINY_CONFIGS["tiny-llama"]
 
 
-def _rps_trials(key, num_tasks=8, attempts=3):
-  """Random play of Rock-Paper-Scissors (a game with chance) on held-out tasks."""
+@functools.lru_cache(maxsize=None)
+def _rps_player(num_tasks: int, attempts: int):
+  """Jitted random play of Rock-Paper-Scissors (a game with chance) on
+  held-out tasks: key -> TrialResult (compiled once per shape)."""
   env = envs_jax.make("rps")
   params = env.default_params
-  init, _ = jax.vmap(env.reset, in_axes=(0, None))(
-      jax.vmap(task_key)(eval_seeds(num_tasks)), params)
-  return jax.jit(lambda k: play_trials(
-      env, params, init, RandomPolicy(env.max_turns),
-      jax.random.split(k, attempts), env.max_turns))(key)
+
+  @jax.jit
+  def play(key):
+    init, _ = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.vmap(task_key)(eval_seeds(num_tasks)), params)
+    return play_trials(env, params, init, RandomPolicy(env.max_turns),
+                       jax.random.split(key, attempts), env.max_turns)
+
+  return play
+
+
+def _rps_trials(key, num_tasks=64, attempts=3):
+  return _rps_player(num_tasks, attempts)(key)
 
 
 def test_a_game_with_chance_draws_with_the_trial_keys():
@@ -83,7 +95,7 @@ def test_env_turn_invalid_action_leaves_the_game_and_costs_the_penalty():
 
 
 def test_trial_bookkeeping_stops_at_first_success():
-  result = _rps_trials(jax.random.key(2), num_tasks=64)
+  result = _rps_trials(jax.random.key(2))
   won, valid = np.asarray(result.won), np.asarray(result.attempt_valid)
   assert valid[:, 0].all()
   for n in range(1, won.shape[1]):
