@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -316,6 +316,13 @@ class ContextLayout:
       if p.name == name and p.turn == turn:
         return p
     raise KeyError(f"no piece {name!r} at turn {turn} in this layout")
+
+  def slot_turns(self) -> np.ndarray:
+    """int32[C]: the turn of every slot's piece (-1 prefix, T reflection)."""
+    out = np.empty(self.context_len, np.int32)
+    for p in self._pieces:
+      out[p.start:p.start + p.length] = p.turn
+    return out
 
   @property
   def context_len(self) -> int:

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from envs_jax.core import Environment
@@ -368,20 +367,12 @@ class LanguagePolicy:
         None if reflection is None else reflection.real, records.action,
         records.played)
     row = Span.concat(pieces)
-    slot_turn = jnp.asarray(_slot_turns(lay))
+    slot_turn = jnp.asarray(lay.slot_turns())
     out = dict(tokens=row.tokens, positions=row.positions, token_mask=row.real,
                loss_mask=row.generated, logp_old=row.logp,
                token_turn_ids=jnp.where(row.generated, slot_turn[None], NO_LOSS),
                reflected=reflect)
     return memory, out
-
-
-def _slot_turns(layout: ContextLayout):
-  """int32[C]: the turn of every slot's piece (-1 prefix, T reflection)."""
-  out = np.full(layout.context_len, NO_LOSS, np.int32)
-  for p in layout.pieces():
-    out[p.start:p.start + p.length] = p.turn
-  return out
 
 
 def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,

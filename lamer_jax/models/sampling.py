@@ -32,7 +32,6 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from lamer_jax.models import llama
