@@ -38,7 +38,7 @@ from tqdm import tqdm
 import envs_jax
 from envs_jax.core import Environment
 from experiments.configs import base
-from lamer_jax import losses, returns, sharding
+from lamer_jax import checkpoint, losses, returns, sharding, storage, workdir_lock
 from lamer_jax.agent import layout as layout_lib
 from lamer_jax.agent.trial import RolloutConfig, eval_seeds
 from lamer_jax.algos.lamer import (AlgoConfig, TrainState, init_train_state,
@@ -58,28 +58,58 @@ _STREAM_TRAIN, _STREAM_MODEL, _STREAM_EVAL = 0, 1, 2
 
 
 # ---- validation ---------------------------------------------------------------
+class ConfigError(ValueError):
+  """An invalid config key or value; the message names it and the choices."""
+
+
+class TrainingDiverged(RuntimeError):
+  """Updates were skipped for non-finite values too many steps in a row."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Errors whose message says all a user needs (what failed and the fix):
+  the entry points print them in one line instead of a traceback."""
+  return (ConfigError, TrainingDiverged, storage.StorageError,
+          checkpoint.CheckpointError, workdir_lock.WorkdirLocked,
+          FileNotFoundError, NotADirectoryError)
+
+
 def _check_keys(config: Any, schema: ml_collections.ConfigDict, path: str = "") -> None:
   """Raises ValueError for keys missing from, or unknown to, the schema."""
   if not isinstance(config, (ml_collections.ConfigDict, dict)):
-    raise ValueError(f"config entry {path or 'config'!r} must be a group of keys, "
-                     f"got {type(config).__name__}")
+    raise ConfigError(f"config entry {path or 'config'!r} must be a group of keys, "
+                      f"got {type(config).__name__}")
   keys, valid = set(config.keys()), set(schema.keys())
   where = f"under {path!r}" if path else "at the top level"
   for k in sorted(keys - valid):
-    raise ValueError(f"unknown config key {path + '.' if path else ''}{k}: valid "
-                     f"keys {where} are {sorted(valid)}")
+    raise ConfigError(f"unknown config key {path + '.' if path else ''}{k}: valid "
+                      f"keys {where} are {sorted(valid)}")
   for k in sorted(valid - keys):
-    raise ValueError(f"config key {path + '.' if path else ''}{k} is missing "
-                     f"(keys {where}: {sorted(valid)})")
+    raise ConfigError(f"config key {path + '.' if path else ''}{k} is missing "
+                      f"(keys {where}: {sorted(valid)})")
   for k in sorted(valid):
     sub = f"{path}.{k}" if path else k
     if isinstance(schema[k], ml_collections.ConfigDict) and sub not in _FREE_FORM:
       _check_keys(config[k], schema[k], sub)
 
 
+def _check_loaded(config: Any) -> None:
+  """ml_collections hands on a config file that failed to load as a stand-in
+  object that raises on use; name the file's error instead."""
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    try:
+      error = object.__getattribute__(config, "_error")
+    except AttributeError:
+      return   # _check_keys says what it is
+    text = " ".join(str(error).split())   # one line
+    raise ConfigError(f"--config could not be loaded: {text} (give a file from "
+                      "experiments/configs/, e.g. "
+                      "--config=experiments/configs/lamer.py:sokoban)")
+
+
 def _choice(name: str, value: Any, choices: tuple) -> None:
   if value not in choices:
-    raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+    raise ConfigError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
 
 
 def _positive(config: ml_collections.ConfigDict, *names: str, allow_zero=False,
@@ -94,7 +124,7 @@ def _positive(config: ml_collections.ConfigDict, *names: str, allow_zero=False,
         value >= 0 if allow_zero else value >= 1)
     if not ok:
       bound = ">= 0" if allow_zero else ">= 1"
-      raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+      raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def make_env(config: ml_collections.ConfigDict) -> Environment:
@@ -109,8 +139,8 @@ def env_params(env: Environment, overrides: dict[str, Any]) -> Any:
   fields = [f.name for f in dataclasses.fields(params)]
   unknown = sorted(set(overrides) - set(fields))
   if unknown:
-    raise ValueError(f"unknown env.params key(s) {unknown} for {env.name!r}; "
-                     f"valid keys are {fields}")
+    raise ConfigError(f"unknown env.params key(s) {unknown} for {env.name!r}; "
+                      f"valid keys are {fields}")
   return params.replace(**{
       k: jax.numpy.asarray(v, dtype=jax.numpy.asarray(getattr(params, k)).dtype)
       for k, v in overrides.items()})
@@ -144,8 +174,8 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
   if batch is None or batch >= tasks:
     return tasks
   if tasks % batch:
-    raise ValueError(f"eval.batch_size={batch} does not divide eval.num_tasks="
-                     f"{tasks}; choose a divisor of {tasks}")
+    raise ConfigError(f"eval.batch_size={batch} does not divide eval.num_tasks="
+                      f"{tasks}; choose a divisor of {tasks}")
   return batch
 
 
@@ -161,13 +191,13 @@ def mesh_config(config: ml_collections.ConfigDict) -> sharding.MeshConfig:
   for axis in sharding.AXES:
     value = config.mesh[axis]
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-      raise ValueError(f"mesh.{axis} must be an integer (a size, or -1 for all "
-                       f"remaining devices), got {value!r}")
+      raise ConfigError(f"mesh.{axis} must be an integer (a size, or -1 for all "
+                        f"remaining devices), got {value!r}")
     sizes[axis] = int(value)
   try:
     return sharding.MeshConfig(**sizes)
   except ValueError as e:
-    raise ValueError(f"mesh: {e}") from e
+    raise ConfigError(f"mesh: {e}") from e
 
 
 def _validate_mesh(config: ml_collections.ConfigDict) -> None:
@@ -176,7 +206,7 @@ def _validate_mesh(config: ml_collections.ConfigDict) -> None:
   try:
     data, fsdp, _ = cfg.shape(jax.device_count())
   except ValueError as e:
-    raise ValueError(f"mesh: {e} (set --config.mesh.data/fsdp/tensor)") from e
+    raise ConfigError(f"mesh: {e} (set --config.mesh.data/fsdp/tensor)") from e
   shards = data * fsdp
   if shards == 1:
     return
@@ -190,7 +220,7 @@ def _validate_mesh(config: ml_collections.ConfigDict) -> None:
                 rows * config.rollout.num_attempts // config.algo.num_minibatches)
   for what, n in batches.items():
     if n % shards:
-      raise ValueError(
+      raise ConfigError(
           f"{what} = {n} does not split over mesh.data x mesh.fsdp = {shards} "
           f"devices; make it a multiple of {shards} or change the mesh")
 
@@ -205,14 +235,15 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
     ValueError: an unknown or missing key, or an invalid value; the message
       names the key and the valid choices.
   """
+  _check_loaded(config)
   _check_keys(config, base.get_config())
   _choice("method", config.method, METHODS)
   env = make_env(config)
   env_params(env, dict(config.env.params))
   name = config.model.name
   if name not in loading.valid_names() and not os.path.exists(os.path.expanduser(name)):
-    raise ValueError(f"model.name={name!r} is not valid; choose one of "
-                     f"{loading.valid_names()} or give a local checkpoint path")
+    raise ConfigError(f"model.name={name!r} is not valid; choose one of "
+                      f"{loading.valid_names()} or give a local checkpoint path")
   _choice("model.dtype", config.model.dtype, DTYPES)
   _choice("rollout.memory", config.rollout.memory, layout_lib.MEMORY_MODES)
   _choice("rollout.action_mode", config.rollout.action_mode, layout_lib.ACTION_MODES)
@@ -220,59 +251,65 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
   _choice("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS)
   _positive(config, "rollout.num_tasks", "rollout.group_size", "rollout.num_attempts",
             "rollout.reflection_tokens", "eval.num_attempts", "algo.ppo_epochs",
-            "algo.num_minibatches", "train.log_every", "train.keep_checkpoints")
+            "algo.num_minibatches", "train.log_every", "train.keep_checkpoints",
+            "train.max_nonfinite_steps")
   _positive(config, "rollout.num_turns", "eval.num_tasks", "eval.batch_size",
             optional=True)
   _positive(config, "rollout.top_k", "eval.top_k", "train.steps", "train.seed",
             "train.eval_every", "train.checkpoint_every", "algo.warmup_steps",
             "rollout.think_tokens", allow_zero=True)
+  every_s = config.train.checkpoint_every_s
+  if (not isinstance(every_s, (int, float, np.integer, np.floating))
+      or isinstance(every_s, bool) or not every_s >= 0):
+    raise ConfigError(f"train.checkpoint_every_s must be a number of seconds >= 0 "
+                      f"(0: off), got {every_s!r}")
   limit = getattr(env, "max_turns", None)
   if config.rollout.num_turns is None and limit is None:
-    raise ValueError(f"{env.name} has no max_turns: set rollout.num_turns")
+    raise ConfigError(f"{env.name} has no max_turns: set rollout.num_turns")
   if config.rollout.num_turns and limit and config.rollout.num_turns > limit:
-    raise ValueError(f"rollout.num_turns={config.rollout.num_turns} exceeds "
-                     f"{env.name}'s max_turns={limit}; raise it with "
-                     "env.overrides.max_turns or lower rollout.num_turns")
+    raise ConfigError(f"rollout.num_turns={config.rollout.num_turns} exceeds "
+                      f"{env.name}'s max_turns={limit}; raise it with "
+                      "env.overrides.max_turns or lower rollout.num_turns")
   for group in ("rollout", "eval"):
     if not config[group].temperature > 0:
-      raise ValueError(f"{group}.temperature must be > 0, got "
-                       f"{config[group].temperature}")
+      raise ConfigError(f"{group}.temperature must be > 0, got "
+                        f"{config[group].temperature}")
     if not 0 < config[group].top_p <= 1:
-      raise ValueError(f"{group}.top_p must be in (0, 1], got {config[group].top_p}")
+      raise ConfigError(f"{group}.top_p must be in (0, 1], got {config[group].top_p}")
   algo = config.algo
   for name in ("gamma_step", "gamma_traj"):
     if not 0 <= algo[name] <= 1:
-      raise ValueError(f"algo.{name} must be in [0, 1], got {algo[name]}")
+      raise ConfigError(f"algo.{name} must be in [0, 1], got {algo[name]}")
   if algo.lr <= 0 or algo.clip_eps <= 0 or algo.grad_clip <= 0:
-    raise ValueError("algo.lr, algo.clip_eps and algo.grad_clip must be > 0, got "
+    raise ConfigError("algo.lr, algo.clip_eps and algo.grad_clip must be > 0, got "
                      f"{algo.lr}, {algo.clip_eps}, {algo.grad_clip}")
   if algo.dual_clip is not None and algo.dual_clip <= 1:
-    raise ValueError(f"algo.dual_clip must be > 1 (or None), got {algo.dual_clip}")
+    raise ConfigError(f"algo.dual_clip must be > 1 (or None), got {algo.dual_clip}")
   for name in ("b1", "b2"):
     if not 0 <= algo[name] < 1:
-      raise ValueError(f"algo.{name} (an Adam decay rate) must be in [0, 1), got "
-                       f"{algo[name]}")
+      raise ConfigError(f"algo.{name} (an Adam decay rate) must be in [0, 1), got "
+                        f"{algo[name]}")
   if not algo.adam_eps > 0:
-    raise ValueError(f"algo.adam_eps must be > 0, got {algo.adam_eps}")
+    raise ConfigError(f"algo.adam_eps must be > 0, got {algo.adam_eps}")
   if config.method in TRAINING_METHODS:
     if config.rollout.group_size < 2:
-      raise ValueError("rollout.group_size must be >= 2 for training: advantages "
-                       "compare the trials of a task's group")
+      raise ConfigError("rollout.group_size must be >= 2 for training: advantages "
+                        "compare the trials of a task's group")
     rows = (config.rollout.num_tasks * config.rollout.group_size
             * config.rollout.num_attempts)
     if rows % algo.num_minibatches:
-      raise ValueError(
+      raise ConfigError(
           f"rollout.num_tasks x group_size x num_attempts = {rows} attempt rows do "
           f"not split into algo.num_minibatches={algo.num_minibatches}; choose a "
           f"divisor of {rows}")
   elif config.train.steps:
-    raise ValueError(f"method {config.method!r} does not train: set train.steps=0 "
-                     f"(training methods are {list(TRAINING_METHODS)})")
+    raise ConfigError(f"method {config.method!r} does not train: set train.steps=0 "
+                      f"(training methods are {list(TRAINING_METHODS)})")
   if config.method == "rl" and (config.rollout.num_attempts != 1
                                 or config.rollout.memory != "none"):
-    raise ValueError("method 'rl' trains single episodes: set rollout.num_attempts=1"
-                     " and rollout.memory='none' (and rollout.group_size to G x N "
-                     "for LaMer's sample budget)")
+    raise ConfigError("method 'rl' trains single episodes: set rollout.num_attempts=1"
+                      " and rollout.memory='none' (and rollout.group_size to G x N "
+                      "for LaMer's sample budget)")
   eval_batch_size(config)
   _validate_mesh(config)
   return env
@@ -303,9 +340,9 @@ def check_override_flags(argv: list[str], flag: str = "config") -> None:
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
         where = f"under {'.'.join(walked)!r}" if walked else "at the top level"
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        raise ValueError(f"{arg}: unknown config key "
-                         f"{'.'.join(walked + [part])!r}; valid keys {where} are "
-                         f"{valid}")
+        raise ConfigError(f"{arg}: unknown config key "
+                          f"{'.'.join(walked + [part])!r}; valid keys {where} are "
+                          f"{valid}")
       node = node[part]
       walked.append(part)
 
@@ -317,7 +354,10 @@ def run_main(main: Callable[..., None], argv: list[str]) -> None:
   exits with status 2, like a flag error); then, inside ``main``'s process,
   the steps every entry point shares: quiet library logs, no positional
   arguments, and ``sharding.initialize_distributed()`` (multi-host runs join
-  the cluster before anything asks JAX for devices; docs/SCALING.md).
+  the cluster before anything asks JAX for devices; docs/SCALING.md). An
+  error of ``user_errors()`` (bad config value, storage, checkpoint, lock,
+  divergence) prints as one ``FATAL <Type>: <message>`` line and exits with
+  status 2 for a config error, 1 otherwise.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
@@ -331,7 +371,16 @@ def run_main(main: Callable[..., None], argv: list[str]) -> None:
     if len(args) > 1:
       raise app.UsageError(f"unexpected arguments: {args[1:]}")
     sharding.initialize_distributed()
-    main(args)
+    try:
+      main(args)
+    except user_errors() as e:
+      # One line, first and alone on stderr (library threads may add noise
+      # while the interpreter exits; the cause is above it). --verbosity=1
+      # logs the traceback too.
+      logging.debug("traceback of the error below", exc_info=True)
+      sys.stderr.flush()
+      print(f"FATAL {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+      sys.exit(2 if isinstance(e, ConfigError) else 1)
 
   app.run(entry, argv=argv)
 
@@ -463,9 +512,9 @@ def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
         action_mode=config.rollout.action_mode,
         think_tokens=config.rollout.think_tokens)
     if lay.context_len > mcfg.max_position:
-      raise ValueError(f"an attempt's context ({lay.describe()}) exceeds the "
-                       f"model's {mcfg.max_position} positions; lower "
-                       "rollout.num_turns or rollout.reflection_tokens")
+      raise ConfigError(f"an attempt's context ({lay.describe()}) exceeds the "
+                        f"model's {mcfg.max_position} positions; lower "
+                        "rollout.num_turns or rollout.reflection_tokens")
     return lay
 
   algo = AlgoConfig(**config.algo.to_dict())

@@ -50,13 +50,16 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | None = None,
 
   Raises:
     ValueError: neither a config nor a workdir, or an invalid config.
-    FileNotFoundError: ``workdir`` holds no checkpoint.
+    FileNotFoundError: ``workdir`` does not exist or holds no checkpoint.
     checkpoint.CheckpointError: the checkpoint is unreadable or does not fit.
   """
   if config is None and workdir is None:
     raise ValueError("give --workdir (a training run) or --config (a named model)")
   ckpt = None
   if workdir is not None:
+    if not os.path.isdir(workdir):
+      raise FileNotFoundError(f"--workdir {workdir} does not exist (or is not a "
+                              "directory): give a training run's directory")
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, common.CHECKPOINT_DIR))
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; to evaluate a "

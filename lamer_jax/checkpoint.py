@@ -14,28 +14,85 @@ complete, so an interrupted save never shadows the previous checkpoint; left
 over temporary directories are removed when a ``Checkpointer`` opens the
 directory. Only the last ``keep`` checkpoints are kept.
 
-A checkpoint that cannot be read (truncated or missing files) or that does
-not fit the state it is restored into (a different model or optimiser) raises
-``CheckpointError`` naming the path and what to do about it.
+Every checkpoint is verified: its JSON holds a CRC-32 of each array's bytes,
+computed from the arrays in memory before they are written, and ``restore``
+recomputes them from what it read (orbax itself checks no contents). A save
+refuses arrays with non-finite values. ``restore_verified`` is what a resuming
+run calls: it tries the newest checkpoint first and, while one is corrupt
+(unreadable, truncated, or checksums that differ), moves it aside into
+``<directory>.corrupt/<step>`` with a warning (nothing is deleted) and falls
+back to the next older one.
+
+A checkpoint that cannot be read or whose contents differ from their checksums
+raises ``CorruptCheckpointError``; one that does not fit the state it is
+restored into (a different model or optimiser) raises ``CheckpointError``;
+both name the path and what to do about it. ``StorageError`` (disk full,
+read-only, not a directory) is raised for a save that the filesystem refused,
+in one line that names the cause.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import zlib
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lamer_jax import storage
 from lamer_jax.algos.lamer import TrainState
 
 _STATE = "state"
 _META = "meta"
+CORRUPT_SUFFIX = ".corrupt"   # <directory>.corrupt/<step>: set-aside checkpoints
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint is corrupt, incomplete or incompatible with the run."""
+  """A checkpoint is incompatible with the run (or corrupt: the subclass)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint is unreadable, incomplete, or its contents fail their
+  checksums."""
+
+
+def _host_leaves(tree: Any) -> dict[str, np.ndarray | None]:
+  """``path -> host array`` of every leaf (None for an array this process
+  cannot see whole: a multi-host shard, which goes unverified)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "/".join(_key_name(k) for k in path)
+    if not getattr(leaf, "is_fully_addressable", True):
+      out[name] = None
+    else:
+      out[name] = np.asarray(jax.device_get(leaf))
+  return out
+
+
+def checksums(host: dict[str, np.ndarray | None]) -> dict[str, str | None]:
+  """``path -> CRC-32`` (hex) of each host array's dtype, shape and bytes
+  (``host``: from ``_host_leaves``)."""
+  out = {}
+  for name, arr in host.items():
+    if arr is None:
+      out[name] = None
+      continue
+    head = f"{arr.dtype.str}{arr.shape}".encode()
+    crc = zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1),
+                     zlib.crc32(head))
+    out[name] = f"{crc:08x}"
+  return out
+
+
+def nonfinite_leaves(host: dict[str, np.ndarray | None]) -> list[str]:
+  """Paths of the floating-point host arrays that hold a NaN or an infinity."""
+  return [name for name, arr in host.items()
+          if arr is not None and jax.numpy.issubdtype(arr.dtype, jax.numpy.inexact)
+          and not np.isfinite(arr).all()]
 
 
 def state_to_tree(state: TrainState) -> dict[str, Any]:
@@ -109,6 +166,7 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
     self.directory = os.path.abspath(os.fspath(directory))
+    self.keep = keep
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         # Synchronous: the train step donates its input state, so the arrays
@@ -135,22 +193,61 @@ class Checkpointer:
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
+  def disk_bytes(self, step: int) -> int:
+    """What checkpoint ``step`` takes on disk (its files' sizes)."""
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(self.step_path(step)) for f in files)
+
   # ---- save ----------------------------------------------------------------
   def save(self, step: int, state: TrainState,
            config: dict[str, Any] | None = None) -> None:
-    """Writes checkpoint ``step`` (atomically) and drops the oldest ones.
+    """Writes checkpoint ``step`` (atomically, with the checksums of its
+    arrays) and drops the oldest ones beyond ``keep`` (logged).
 
     Args:
       step: the number of completed train steps ``state`` is the result of.
       state: the train state (its key may be a typed PRNG key).
       config: JSON-serialisable configuration stored beside the arrays.
+
+    Raises:
+      CheckpointError: ``state`` holds NaN or infinite values (nothing is
+        written: a checkpoint never holds them).
+      StorageError: the filesystem refused the write (disk full, read-only).
     """
+    tree = state_to_tree(state)
+    host = _host_leaves(tree)
+    bad = nonfinite_leaves(host)
+    if bad:
+      raise CheckpointError(
+          f"refusing to save checkpoint {self.step_path(step)}: non-finite values "
+          f"in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     meta = {"config": config or {}, "step": int(step),
-            "key_impl": str(jax.random.key_impl(state.key))}
-    self._manager.save(int(step), args=ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(state_to_tree(state)),
-        _META: ocp.args.JsonSave(meta)}), force=True)
-    self._manager.wait_until_finished()
+            "key_impl": str(jax.random.key_impl(state.key)),
+            "checksums": checksums(host)}
+    doing = f"writing checkpoint {self.step_path(step)}"
+    latest = self.latest_step()
+    if latest is not None:   # a new checkpoint takes about what the last took
+      storage.check_free(self.directory, self.disk_bytes(latest), doing)
+    before = set(self.all_steps())
+    # orbax's threads report a failed write at length; the cause goes first.
+    with storage.stderr_held() as held:
+      try:
+        self._manager.save(int(step), args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(tree),
+            _META: ocp.args.JsonSave(meta)}), force=True)
+        self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        cause = storage.os_error_in(e)
+        if cause is None:
+          raise
+        error = storage.StorageError(storage.describe(cause, doing))
+        held.say_first(f"{type(error).__name__}: {error} (orbax's report of "
+                       "it follows)")
+        raise error from e
+    removed = sorted(before - set(self.all_steps()))
+    if removed:
+      logging.info("removed checkpoint(s) %s (keep_checkpoints=%d)",
+                   ", ".join(map(str, removed)), self.keep)
 
   # ---- restore -------------------------------------------------------------
   def _resolve_step(self, step: int | None) -> int:
@@ -177,7 +274,7 @@ class Checkpointer:
       return self._manager.restore(step, args=ocp.args.Composite(**{
           _META: ocp.args.JsonRestore()}))[_META]
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
+      raise CorruptCheckpointError(
           f"checkpoint {self.step_path(step)} is unreadable (corrupt or "
           f"incomplete): {_short(e)}. {self._advice(step)}") from e
 
@@ -203,7 +300,7 @@ class Checkpointer:
       if saved is None:
         raise ValueError(f"no '{_STATE}' item")
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
+      raise CorruptCheckpointError(
           f"checkpoint {path} is unreadable (corrupt or incomplete): "
           f"{_short(e)}. {self._advice(step)}") from e
     self._check_compatible(path, meta, _leaf_signatures(saved),
@@ -212,11 +309,76 @@ class Checkpointer:
       tree = self._manager.restore(step, args=ocp.args.Composite(**{
           _STATE: ocp.args.StandardRestore(target)}))[_STATE]
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
+      raise CorruptCheckpointError(
           f"checkpoint {path} could not be restored (corrupt, truncated or "
           f"written by an incompatible version): {_short(e)}. "
           f"{self._advice(step)}") from e
+    self._verify(path, step, meta, tree)
     return tree_to_state(tree, meta.get("key_impl", "threefry2x32"))
+
+  def _verify(self, path: str, step: int, meta: dict[str, Any],
+              tree: dict[str, Any]) -> None:
+    """Raises ``CorruptCheckpointError`` if restored arrays differ from the
+    checksums saved with them."""
+    saved = meta.get("checksums")
+    if saved is None:
+      logging.warning("checkpoint %s has no checksums (written by an older "
+                      "version): restored unverified", path)
+      return
+    now = checksums(_host_leaves(tree))
+    bad = sorted(n for n in set(saved) | set(now)
+                 if saved.get(n) is not None and now.get(n) is not None
+                 and saved[n] != now[n])
+    if bad:
+      raise CorruptCheckpointError(
+          f"checkpoint {path} is corrupt: {len(bad)} array(s) differ from the "
+          f"checksums written with them ({', '.join(bad[:5])}"
+          f"{' ...' if len(bad) > 5 else ''}). {self._advice(step)}")
+
+  def quarantine(self, step: int) -> str:
+    """Moves checkpoint ``step`` into ``<directory>.corrupt/`` (never deletes
+    it) and returns its new path."""
+    target_dir = self.directory + CORRUPT_SUFFIX
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    n = 1
+    while os.path.exists(target):
+      target = os.path.join(target_dir, f"{step}.{n}")
+      n += 1
+    shutil.move(self.step_path(step), target)
+    self._manager.reload()
+    return target
+
+  def restore_verified(self, abstract_state: TrainState
+                       ) -> tuple[TrainState, int] | None:
+    """The newest checkpoint that restores and verifies, and its step.
+
+    Each newer one that is corrupt is moved aside (``quarantine``) with a
+    warning that names it. Returns None when the directory holds no
+    checkpoint at all.
+
+    Raises:
+      CheckpointError: a checkpoint does not fit ``abstract_state`` (nothing
+        is moved: that is the run's configuration, not the file).
+      CorruptCheckpointError: checkpoints exist but none verifies (all were
+        moved aside).
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    moved = []
+    for step in reversed(steps):
+      try:
+        return self.restore(abstract_state, step), step
+      except CorruptCheckpointError as e:
+        where = self.quarantine(step)
+        moved.append(where)
+        logging.warning("%s\nMoved it to %s and falling back to the previous "
+                        "checkpoint.", e, where)
+    raise CorruptCheckpointError(
+        f"no checkpoint in {self.directory} verifies: all were moved to "
+        f"{', '.join(moved)}. Start the run in a fresh --workdir (or restore "
+        "one of them by hand).")
 
   def _check_compatible(self, path: str, meta: dict[str, Any],
                         saved: dict[str, tuple], wanted: dict[str, tuple]) -> None:

@@ -1,9 +1,11 @@
-"""Checkpoints: exact round trip, retention, atomic saves, clear errors."""
+"""Checkpoints: exact round trip, retention, atomic saves, verification and
+fallback, storage errors, clear messages."""
 
 from __future__ import annotations
 
 import glob
 import os
+import subprocess
 
 from etils import epath
 import jax
@@ -11,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lamer_jax import checkpoint
+from lamer_jax import checkpoint, storage
 from lamer_jax.models import loading
 from lamer_jax.algos.lamer import AlgoConfig, init_train_state
 
@@ -136,3 +138,161 @@ def test_no_checkpoint_is_a_file_not_found_error(tmp_path):
     assert ckpt.latest_step() is None
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
       ckpt.restore(jax.eval_shape(lambda: _state()))
+
+
+# ---- verification, fallback, storage errors -----------------------------------
+def _flip_bytes(step_dir, n: int = 16) -> str:
+  """Flips ``n`` bytes in the middle of the step's largest data file."""
+  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**"), recursive=True)
+           if os.path.isfile(f)]
+  target = max(files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    f.seek(os.path.getsize(target) // 2)
+    data = bytearray(f.read(n))
+    f.seek(-len(data), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in data))
+  return target
+
+
+def test_checksums_name_the_array_that_changed():
+  state = _state()
+  tree = checkpoint.state_to_tree(state)
+  before = checkpoint.checksums(checkpoint._host_leaves(tree))
+  tree["params"]["embed"] = tree["params"]["embed"].at[3, 5].add(1e-7)
+  after = checkpoint.checksums(checkpoint._host_leaves(tree))
+  assert [k for k in before if before[k] != after[k]] == ["params/embed"]
+
+
+def test_bit_flipped_checkpoint_is_moved_aside_and_the_previous_restored(
+    tmp_path, caplog):
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path / "ckpt", keep=3) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, state.replace(step=jnp.int32(step)))
+  _flip_bytes(tmp_path / "ckpt" / "3")
+  with checkpoint.Checkpointer(tmp_path / "ckpt", keep=3) as ckpt:
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="ckpt/3"):
+      ckpt.restore(jax.eval_shape(lambda: state))
+    with caplog.at_level("WARNING"):
+      restored, step = ckpt.restore_verified(jax.eval_shape(lambda: state))
+    assert step == 2 and int(restored.step) == 2
+    assert _leaves_equal(restored.params, state.params)
+    assert ckpt.all_steps() == [1, 2]
+    # Nothing is deleted: the corrupt one is set aside, and the warning says where.
+    assert (tmp_path / "ckpt.corrupt" / "3").is_dir()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "ckpt/3" in said and "ckpt.corrupt/3" in said
+    # Training goes on from step 2: new checkpoints rotate as usual.
+    ckpt.save(3, state.replace(step=jnp.int32(3)))
+    ckpt.save(4, state.replace(step=jnp.int32(4)))
+    assert ckpt.all_steps() == [2, 3, 4]
+
+
+def test_no_verified_checkpoint_left_is_an_error(tmp_path):
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    ckpt.save(1, state)
+  _flip_bytes(tmp_path / "ckpt" / "1")
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="no checkpoint .* verifies"):
+      ckpt.restore_verified(jax.eval_shape(lambda: state))
+    assert ckpt.restore_verified(jax.eval_shape(lambda: state)) is None
+  assert (tmp_path / "ckpt.corrupt" / "1").is_dir()
+
+
+def test_incompatible_checkpoint_is_not_moved(tmp_path):
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    ckpt.save(1, _state("tiny-llama"))
+    other = _state("small-llama")
+    with pytest.raises(checkpoint.CheckpointError) as err:
+      ckpt.restore_verified(jax.eval_shape(lambda: other))
+    assert not isinstance(err.value, checkpoint.CorruptCheckpointError)
+    assert ckpt.all_steps() == [1]
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+  state = _state()
+  bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan),
+                                          state.params))
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError, match="non-finite values in params/"):
+      ckpt.save(1, bad)
+    assert ckpt.all_steps() == []
+
+
+def _mount_tmpfs(path, size: str) -> None:
+  os.makedirs(path, exist_ok=True)
+  if os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+      capture_output=True).returncode:
+    pytest.skip("needs root to mount a tmpfs")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 600 KiB filesystem: room for one checkpoint of ``_state()`` (350 KiB on
+  disk), not two."""
+  disk = tmp_path / "disk"
+  _mount_tmpfs(disk, "600k")
+  yield disk
+  subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_full_disk_is_one_clear_error_before_writing(tiny_disk):
+  state = _state()
+  with checkpoint.Checkpointer(tiny_disk / "ckpt") as ckpt:
+    ckpt.save(1, state)
+    with pytest.raises(storage.StorageError, match="disk full .* free at"):
+      ckpt.save(2, state)
+    assert ckpt.all_steps() == [1]
+
+
+def test_full_disk_inside_orbax_states_the_cause_first(tiny_disk, monkeypatch,
+                                                       capfd):
+  state = _state()
+  monkeypatch.setattr(storage, "check_free", lambda *a: None)   # let orbax hit it
+  with checkpoint.Checkpointer(tiny_disk / "ckpt") as ckpt:
+    ckpt.save(1, state)
+    with pytest.raises(storage.StorageError) as err:
+      ckpt.save(2, state)
+    assert ckpt.all_steps() == [1]
+  message = str(err.value)
+  assert "disk full (No space left on device)" in message and "ckpt/2" in message
+  err_text = capfd.readouterr().err
+  first = err_text.index("StorageError: ")
+  assert "Traceback" not in err_text[:first] and "RESOURCE_EXHAUSTED" not in err_text[:first]
+
+
+@pytest.mark.parametrize("case", ["file", "read_only"])
+def test_unwritable_workdir_is_named_before_the_run(tmp_path, case):
+  if case == "file":
+    path = tmp_path / "run"
+    path.write_text("not a directory")
+    expected = "not a directory"
+  else:
+    _mount_tmpfs(tmp_path / "ro", "64k")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "ro")], check=True)
+    path = tmp_path / "ro" / "run"
+    expected = "read-only filesystem"
+  try:
+    with pytest.raises(storage.StorageError, match=expected) as err:
+      storage.check_workdir(str(path))
+    assert str(path) in str(err.value) and "--workdir" in str(err.value)
+  finally:
+    if case == "read_only":
+      subprocess.run(["umount", str(tmp_path / "ro")], check=False)
+
+
+def test_storage_cause_is_found_in_wrapped_and_textual_errors():
+  import errno as errno_lib  # pylint: disable=g-import-not-at-top
+  try:
+    try:
+      raise OSError(errno_lib.ENOSPC, "No space left on device")
+    except OSError as inner:
+      raise RuntimeError("save failed") from inner
+  except RuntimeError as e:
+    assert storage.os_error_in(e).errno == errno_lib.ENOSPC
+  text = ValueError("RESOURCE_EXHAUSTED: Failed to write 5 bytes: No space left on "
+                    "device [os_error_code='28']")
+  assert storage.os_error_in(text).errno == errno_lib.ENOSPC
+  assert storage.os_error_in(ValueError("shape mismatch")) is None

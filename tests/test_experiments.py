@@ -27,7 +27,7 @@ import pytest
 import envs_jax
 from experiments import common, evaluate, plot, random_baseline, train
 from experiments.configs import base, tiny
-from lamer_jax import checkpoint, metrics, returns
+from lamer_jax import checkpoint, metrics, returns, storage
 from lamer_jax.algos.lamer import AlgoConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -228,6 +228,28 @@ def test_override_typo_on_the_command_line_exits_with_a_message():
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args,expected,code", [
+    (["train", f"--config={CONFIG_DIR / 'tiny.py'}", "--workdir={tmp}/run",
+      "--config.algo.lr=-1"],
+     "FATAL ConfigError: algo.lr, algo.clip_eps and algo.grad_clip must be > 0", 2),
+    (["train", f"--config={CONFIG_DIR / 'nope.py'}", "--workdir={tmp}/run"],
+     "FATAL ConfigError: --config could not be loaded: Failed loading config file", 2),
+    (["evaluate", "--workdir={tmp}/typo"],
+     "FATAL FileNotFoundError: --workdir {tmp}/typo does not exist", 1),
+], ids=["bad_value", "missing_config_file", "evaluate_mistyped_workdir"])
+def test_bad_input_on_the_command_line_is_one_line(args, expected, code, tmp_path):
+  args = [a.format(tmp=tmp_path) for a in args]
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{args[0]}", *args[1:]],
+                        cwd=REPO, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == code, proc.stderr[-2000:]
+  assert expected.format(tmp=tmp_path) in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert [l for l in proc.stderr.splitlines() if "FATAL" in l] == [
+      proc.stderr.splitlines()[-1]]
+  assert os.listdir(tmp_path) == []   # nothing was created
+
+
 def test_invalid_method_combinations_and_env_keys():
   config = small_config(method="rl")
   with pytest.raises(ValueError, match="method 'rl' trains single episodes"):
@@ -423,3 +445,125 @@ def test_random_baseline_matches_the_odds_of_guessing():
   assert m["turns/mean"] == 1 and m["invalid_rate"] == 0
   # A trial stops at its first success: attempt 2 runs for the failed ones.
   assert abs(m["attempts/mean"] - (1 + 2 / 3 + 4 / 9)) < 0.05
+
+
+# ---- reliability: divergence, corruption, storage, locks, config history ---------
+def _restore_all(experiment, workdir):
+  with checkpoint.Checkpointer(os.path.join(workdir, common.CHECKPOINT_DIR)) as ckpt:
+    return {s: ckpt.restore(common.abstract_state(experiment), s)
+            for s in ckpt.all_steps()}
+
+
+def test_huge_lr_skips_updates_keeps_checkpoints_finite_and_stops(tmp_path):
+  config = small_config(**{"algo.lr": 1e30, "train.steps": 10,
+                           "train.checkpoint_every": 1, "train.eval_every": 0})
+  exp = common.build(config)
+  with pytest.raises(common.TrainingDiverged) as err:
+    train.train(config, str(tmp_path), experiment=exp, progress=False)
+  records = metrics.read_jsonl(tmp_path / metrics.JSONL_NAME)
+  skipped = [r["step"] for r in records if r["nonfinite/skipped_updates"] > 0]
+  streak = config.train.max_nonfinite_steps
+  assert len(skipped) == streak and skipped == list(range(skipped[0], skipped[-1] + 1))
+  assert records[-1]["step"] == skipped[-1]   # stopped at once
+  message = str(err.value)
+  last_good = skipped[0] - 1
+  assert f"steps {skipped[0]}-{skipped[-1]}" in message
+  assert f"Last good checkpoint: {tmp_path}/checkpoints/{last_good}" in message
+  states = _restore_all(exp, str(tmp_path))
+  assert states and max(states) == last_good   # none written while skipping
+  for state in states.values():
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves((state.params,
+                                                              state.opt_state)))
+  # NaN metrics are valid JSON in the file.
+  text = (tmp_path / metrics.JSONL_NAME).read_text()
+  assert '"NaN"' in text and "NaN," not in text.replace('"NaN",', "")
+
+
+def test_corrupt_checkpoint_and_torn_metrics_line_are_recovered(experiment, runs,
+                                                               tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  config = small_config(**{"train.steps": 2, "train.checkpoint_every": 1,
+                           "train.keep_checkpoints": 3})
+  train.train(config, workdir, experiment=experiment, progress=False)
+  # Flip bytes in the newest checkpoint's largest file; tear the log's last line.
+  step_dir = os.path.join(workdir, common.CHECKPOINT_DIR, "2")
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+           for f in fs]
+  target = max(files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    f.seek(os.path.getsize(target) // 2)
+    chunk = f.read(16)
+    f.seek(-len(chunk), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in chunk))
+  jsonl = os.path.join(workdir, metrics.JSONL_NAME)
+  with open(jsonl, "a", encoding="utf-8") as f:
+    f.write('{"step": 3, "pass@1": 0.')
+  with caplog.at_level("WARNING"):
+    train.train(small_config(**{"train.steps": 4, "train.checkpoint_every": 2}),
+                workdir, experiment=experiment, progress=False)
+  said = " ".join(r.getMessage() for r in caplog.records)
+  assert f"{step_dir} is corrupt" in said or f"{step_dir} could not be" in said
+  assert os.path.isdir(os.path.join(workdir, "checkpoints.corrupt", "2"))
+  assert "metrics.jsonl.torn" in said
+  assert [r["step"] for r in metrics.read_jsonl(jsonl, torn_ok=False)] == [1, 2, 3, 4]
+  # Resumed from step 1, the run ends where an uninterrupted one does.
+  final = _restore(experiment, workdir)
+  whole = _restore(experiment, runs["whole"])
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final.params),
+                                                  jax.tree.leaves(whole.params)))
+
+
+def test_config_is_recorded_only_when_a_resume_is_accepted(experiment, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train(small_config(**{"train.steps": 2}), workdir, experiment=experiment,
+              progress=False)
+  saved = (tmp_path / "run" / train.CONFIG_NAME).read_text()
+  # Another model's shapes: the resume is refused, config.json unchanged.
+  other = small_config(**{"train.steps": 4, "model.name": "small-llama"})
+  with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+    train.train(other, workdir, progress=False)
+  assert (tmp_path / "run" / train.CONFIG_NAME).read_text() == saved
+  # An accepted resume with a new lr: config.json follows, the history keeps both
+  # (the compiled step is reused: this checks the records, not the new lr).
+  changed = small_config(**{"train.steps": 3, "algo.lr": 2e-3})
+  train.train(changed, workdir, experiment=dataclasses.replace(experiment,
+                                                                config=changed),
+              progress=False)
+  assert json.loads((tmp_path / "run" / train.CONFIG_NAME).read_text())["algo"][
+      "lr"] == 2e-3
+  history = [json.loads(l) for l in
+             (tmp_path / "run" / train.HISTORY_NAME).read_text().splitlines()]
+  assert history[0]["event"] == "start" and history[0]["step"] == 0
+  assert history[0]["config"]["algo"]["lr"] == tiny.get_config().algo.lr
+  resumed = {h["key"]: (h["step"], h["old"], h["new"]) for h in history[1:]}
+  assert resumed == {"algo.lr": (2, tiny.get_config().algo.lr, 2e-3),
+                     "train.steps": (2, 2, 3)}
+
+
+def test_second_run_on_a_locked_workdir_refuses(experiment, tmp_path):
+  from lamer_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  with workdir_lock.WorkdirLock(str(tmp_path)):
+    with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()}"):
+      train.train(small_config(**{"train.steps": 1}), str(tmp_path),
+                  experiment=experiment, progress=False)
+  assert not (tmp_path / common.CHECKPOINT_DIR).exists()
+  assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+
+
+def test_full_disk_during_training_is_one_storage_error(experiment, tmp_path):
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)],
+      capture_output=True).returncode:
+    pytest.skip("needs root to mount a tmpfs")
+  try:
+    config = small_config(**{"train.steps": 6, "train.checkpoint_every": 1,
+                             "train.keep_checkpoints": 5, "train.eval_every": 0})
+    with pytest.raises(storage.StorageError, match="disk full") as err:
+      train.train(config, str(disk / "run"), experiment=experiment, progress=False)
+    assert "--workdir on another disk" in str(err.value)
+    # What was written is intact: the newest checkpoint restores.
+    _restore(experiment, str(disk / "run"))
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)

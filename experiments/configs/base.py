@@ -126,6 +126,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_every = 25        # 0: evaluate only at the end
   config.train.checkpoint_every = 25  # 0: checkpoint only at the end
   config.train.keep_checkpoints = 3
+  config.train.checkpoint_every_s = 1800  # also every 30 min of wall clock; 0: off
+  # Steps in a row whose updates are skipped for non-finite values before the
+  # run stops (TrainingDiverged).
+  config.train.max_nonfinite_steps = 3
 
   # Held-out evaluation: one trial per task, eval_seeds(num_tasks).
   config.eval = ml_collections.ConfigDict()

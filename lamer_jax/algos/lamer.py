@@ -82,6 +82,13 @@ def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
                   weight_decay=cfg.weight_decay))
 
 
+def all_finite(tree: Any) -> jax.Array:
+  """bool[]: every floating-point element of ``tree`` is finite."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
 def init_train_state(params, algo: AlgoConfig, key: jax.Array) -> TrainState:
   opt = make_optimizer(algo)
   # A copy: the jitted step donates its state, and one buffer cannot be
@@ -156,11 +163,20 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
     # [sharding] each device runs forward/backward on its share of the
     # minibatch; the compiler all-reduces the gradients. No-op without mesh.
     mb = sharding.constrain_rows(mb, mesh)
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, ref_params, mb)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    updates, new_opt_state = opt.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # Non-finite guard: a NaN/inf loss or gradient, or an update that
+    # overflows the parameters, is skipped (params and optimiser state stay
+    # as they were) and counted.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_params)
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (new_params, new_opt_state), (params, opt_state))
+    metrics["grad_norm"] = grad_norm
+    metrics["skipped"] = (~finite).astype(jnp.float32)
     return (params, opt_state), metrics
 
   def train_step(state: TrainState):
@@ -200,6 +216,9 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
         epoch, (state.params, state.opt_state),
         jax.random.split(k_perm, algo.ppo_epochs))
     metrics = trajectory_metrics(traj)
+    skipped = loss_metrics.pop("skipped")
+    metrics["nonfinite/skipped_updates"] = skipped.sum()
+    metrics["nonfinite/updates"] = jnp.asarray(skipped.size, jnp.float32)
     # First minibatch of the first epoch is on-policy: its ratio should be 1.
     metrics.update({f"loss/{k}": v[0, 0] for k, v in loss_metrics.items()})
     metrics["advantage/abs_mean"] = (
