@@ -30,7 +30,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is the parity oracle for the model tests and the generation benchmark.
-    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch>=2.4,<2.14", "accelerate>=1.0,<2",
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7", "torch>=2.4,<2.14", "accelerate>=1.0,<2",
              "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
     "dev": ["ruff>=0.6"],
 }

@@ -107,7 +107,8 @@ def _check_loaded(config: Any) -> None:
                       "--config=experiments/configs/lamer.py:sokoban)")
 
 
-def _choice(name: str, value: Any, choices: tuple) -> None:
+def validate_choice(name: str, value: Any, choices: tuple) -> None:
+  """Raises ``ConfigError`` naming the choices unless ``value`` is one."""
   if value not in choices:
     raise ConfigError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
 
@@ -129,7 +130,7 @@ def _positive(config: ml_collections.ConfigDict, *names: str, allow_zero=False,
 
 def make_env(config: ml_collections.ConfigDict) -> Environment:
   """The configured game (registry errors name the valid choices)."""
-  _choice("env.name", config.env.name, envs_jax.registered())
+  validate_choice("env.name", config.env.name, envs_jax.registered())
   return envs_jax.make(config.env.name, **dict(config.env.overrides))
 
 
@@ -237,18 +238,21 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
   """
   _check_loaded(config)
   _check_keys(config, base.get_config())
-  _choice("method", config.method, METHODS)
+  validate_choice("method", config.method, METHODS)
   env = make_env(config)
   env_params(env, dict(config.env.params))
   name = config.model.name
   if name not in loading.valid_names() and not os.path.exists(os.path.expanduser(name)):
     raise ConfigError(f"model.name={name!r} is not valid; choose one of "
                       f"{loading.valid_names()} or give a local checkpoint path")
-  _choice("model.dtype", config.model.dtype, DTYPES)
-  _choice("rollout.memory", config.rollout.memory, layout_lib.MEMORY_MODES)
-  _choice("rollout.action_mode", config.rollout.action_mode, layout_lib.ACTION_MODES)
-  _choice("algo.estimator", config.algo.estimator, returns.ESTIMATORS)
-  _choice("algo.aggregation", config.algo.aggregation, losses.AGGREGATIONS)
+  validate_choice("model.dtype", config.model.dtype, DTYPES)
+  validate_choice("rollout.memory", config.rollout.memory,
+                  layout_lib.MEMORY_MODES)
+  validate_choice("rollout.action_mode", config.rollout.action_mode,
+                  layout_lib.ACTION_MODES)
+  validate_choice("algo.estimator", config.algo.estimator, returns.ESTIMATORS)
+  validate_choice("algo.aggregation", config.algo.aggregation,
+                  losses.AGGREGATIONS)
   _positive(config, "rollout.num_tasks", "rollout.group_size", "rollout.num_attempts",
             "rollout.reflection_tokens", "eval.num_attempts", "algo.ppo_epochs",
             "algo.num_minibatches", "train.log_every", "train.keep_checkpoints",

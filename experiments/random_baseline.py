@@ -92,6 +92,11 @@ def define_flags() -> types.SimpleNamespace:
 
 def main(argv, args: types.SimpleNamespace):
   del argv  # checked by common.run_main
+  for name in ("num_tasks", "attempts"):
+    if getattr(args, name).value < 1:
+      raise common.ConfigError(f"--{name} must be >= 1, got "
+                               f"{getattr(args, name).value}")
+  common.validate_choice("--env", args.env.value, envs_jax.registered())
   env = envs_jax.make(args.env.value)
   metrics = random_trials(env, args.num_tasks.value, args.attempts.value,
                           jax.random.key(args.seed.value))

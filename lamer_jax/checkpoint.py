@@ -354,7 +354,7 @@ class Checkpointer:
     """The newest checkpoint that restores and verifies, and its step.
 
     Each newer one that is corrupt is moved aside (``quarantine``) with a
-    warning that names it. Returns None when the directory holds no
+    warning that names it (on one host; with several, the error is raised). Returns None when the directory holds no
     checkpoint at all.
 
     Raises:
@@ -371,6 +371,8 @@ class Checkpointer:
       try:
         return self.restore(abstract_state, step), step
       except CorruptCheckpointError as e:
+        if jax.process_count() > 1:
+          raise   # every host would move it at once: the user decides
         where = self.quarantine(step)
         moved.append(where)
         logging.warning("%s\nMoved it to %s and falling back to the previous "

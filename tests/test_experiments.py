@@ -236,7 +236,10 @@ def test_override_typo_on_the_command_line_exits_with_a_message():
      "FATAL ConfigError: --config could not be loaded: Failed loading config file", 2),
     (["evaluate", "--workdir={tmp}/typo"],
      "FATAL FileNotFoundError: --workdir {tmp}/typo does not exist", 1),
-], ids=["bad_value", "missing_config_file", "evaluate_mistyped_workdir"])
+    (["random_baseline", "--env=guess", "--num_tasks=0"],
+     "FATAL ConfigError: --num_tasks must be >= 1, got 0", 2),
+], ids=["bad_value", "missing_config_file", "evaluate_mistyped_workdir",
+        "random_baseline_no_tasks"])
 def test_bad_input_on_the_command_line_is_one_line(args, expected, code, tmp_path):
   args = [a.format(tmp=tmp_path) for a in args]
   proc = subprocess.run([sys.executable, "-m", f"experiments.{args[0]}", *args[1:]],
