@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 
 DEVICES_VAR = "LAMER_TEST_DEVICES"
 _COUNT_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S*")
@@ -41,6 +42,18 @@ if "jax" in sys.modules:   # too late to choose: say so rather than test on a me
                      "device count; run the suite with `python -m pytest`")
 os.environ.update(pin_devices(dict(os.environ), _requested()))
 
+# One persistent compilation cache for the session's processes: the xdist
+# workers and the subprocesses the tests start (the CLI runs, the notebook
+# kernels, the multi-device suite) compile the same tiny programs again and
+# again. The key covers the program, the XLA flags (so the device count) and
+# the jax version, so a hit is the same executable. LAMER_TEST_CACHE=0 (or a
+# JAX_COMPILATION_CACHE_DIR of your own) turns it off (or moves it).
+if os.environ.get("LAMER_TEST_CACHE", "1") != "0":
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+      tempfile.gettempdir(), f"lamer-jax-test-cache-{os.getuid()}"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 # Files that take minutes on a 2-core CPU, longest first (measured with
 # `pytest --durations`). Collected first, they are scheduled first: under
@@ -48,7 +61,7 @@ os.environ.update(pin_devices(dict(os.environ), _requested()))
 # one starting the longest file last.
 LONG_FILES = ("test_learning.py", "test_notebooks.py", "test_sharding.py",
               "test_train_step.py", "test_experiments.py", "test_action_modes.py",
-              "test_rollout.py", "test_loading.py")
+              "test_faults.py", "test_rollout.py", "test_loading.py")
 
 
 def pytest_collection_modifyitems(items):
