@@ -6,7 +6,9 @@
 reads top to bottom: COLLECT (the trial loop of ``agent.trial``: B tasks x G
 trials x N attempts, reflections included), RETURNS and ADVANTAGES
 (cross-episode returns, GRPO/GiGPO), UPDATE (PPO epochs over minibatches of
-attempt rows with optax), all inside one XLA program. The same machinery runs
+attempt rows with optax; an update whose loss, gradient or new parameters are
+not finite is skipped and counted in ``nonfinite/skipped_updates``), all
+inside one XLA program. The same machinery runs
 the baselines: single-episode RL is ``num_attempts=1, memory="none"`` with
 ``G * N`` trials per task; the prompting baselines only evaluate.
 """
