@@ -10,7 +10,8 @@ made smaller still: 2 tasks x 2 trials, 4 held-out tasks, an evaluation every
 1. ``<workdir>/reference``: one uninterrupted run, the ground truth. It is
    the first process, so it pays compilation; every later process finds the
    compiled train step in the shared persistent cache ``<workdir>/jax_cache``
-   (``JAX_COMPILATION_CACHE_DIR`` with both size and time thresholds at 0;
+   (``JAX_COMPILATION_CACHE_DIR``, unless the caller set one, with both size
+   and time thresholds at 0;
    the evaluation, which reports progress through a host callback, is not
    cached and compiles in every process).
 2. ``<workdir>/control`` (``--control``, on by default): a second
@@ -131,11 +132,14 @@ def train_command(workdir: str, steps: int) -> list[str]:
 
 def child_env(cache_dir: str) -> dict[str, str]:
   """The environment of every launch: a persistent compilation cache that
-  keeps every compiled program, however small or quick to compile."""
+  keeps every compiled program, however small or quick to compile
+  (``cache_dir``, or the caller's ``JAX_COMPILATION_CACHE_DIR`` if set: the
+  test suite shares one)."""
   path = os.environ.get("PYTHONPATH", "")
   return {**os.environ,
           "PYTHONPATH": REPO + (os.pathsep + path if path else ""),
-          "JAX_COMPILATION_CACHE_DIR": cache_dir,
+          "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                      cache_dir),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 

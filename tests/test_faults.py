@@ -53,7 +53,7 @@ def test_kill_schedule_is_deterministic_and_alternates():
     faults.kill_schedule(-1, seed=0)
 
 
-def test_train_command_keeps_the_run_small():
+def test_train_command_keeps_the_run_small(monkeypatch):
   command = faults.train_command("/w", 12)
   assert command[1:3] == ["-m", "experiments.train"]
   for arg in ("--workdir=/w", "--config.train.steps=12",
@@ -62,8 +62,11 @@ def test_train_command_keeps_the_run_small():
               "--config.train.checkpoint_every=1",
               "--config.train.keep_checkpoints=2"):
     assert arg in command
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   env = faults.child_env("/w/jax_cache")
   assert env["JAX_COMPILATION_CACHE_DIR"] == "/w/jax_cache"
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/suite/cache")
+  assert faults.child_env("/w/jax_cache")["JAX_COMPILATION_CACHE_DIR"] == "/suite/cache"
   assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
   assert env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] == "0"
 
