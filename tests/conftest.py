@@ -54,17 +54,3 @@ if os.environ.get("LAMER_TEST_CACHE", "1") != "0":
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-
-# Files that take minutes on a 2-core CPU, longest first (measured with
-# `pytest --durations`). Collected first, they are scheduled first: under
-# `pytest -n auto --dist loadfile` the workers then finish together instead of
-# one starting the longest file last.
-LONG_FILES = ("test_learning.py", "test_notebooks.py", "test_sharding.py",
-              "test_train_step.py", "test_experiments.py", "test_action_modes.py",
-              "test_faults.py", "test_rollout.py", "test_loading.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(LONG_FILES)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)),
-                                       len(LONG_FILES)))
