@@ -32,7 +32,6 @@ with the pass@k table of the last evaluation. Methods that do not train
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -40,7 +39,7 @@ import signal
 import sys
 import time
 import types
-from typing import Any, Iterator
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -115,15 +114,6 @@ def _warn_config_changes(changes: list[tuple[str, Any, Any]]) -> None:
                     ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in changed))
 
 
-def _write_json_atomic(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def record_config(workdir: str, config: dict[str, Any], step: int,
                   changes: list[tuple[str, Any, Any]] | None) -> None:
   """Writes ``config.json`` (the run's config now) and appends to
@@ -137,7 +127,8 @@ def record_config(workdir: str, config: dict[str, Any], step: int,
     for key, old, new in changes or ():
       f.write(json.dumps({"step": step, "time": now, "event": "resume",
                           "key": key, "old": old, "new": new}) + "\n")
-  _write_json_atomic(os.path.join(workdir, CONFIG_NAME), config)
+  storage.write_atomic(os.path.join(workdir, CONFIG_NAME),
+                       json.dumps(config, indent=2).encode())
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -161,20 +152,6 @@ def _evaluate_only(exp: common.Experiment, workdir: str,
                     "time/eval_s": time.perf_counter() - t0})
   writers.close()
   return results
-
-
-@contextlib.contextmanager
-def _storage_errors(doing: str) -> Iterator[None]:
-  """Re-raises a refused write anywhere inside as one ``StorageError``."""
-  try:
-    yield
-  except storage.StorageError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    cause = storage.os_error_in(e)
-    if cause is None:
-      raise
-    raise storage.StorageError(storage.describe(cause, doing)) from e
 
 
 def _preemption_reached(step: int) -> bool:
@@ -290,7 +267,7 @@ def _train_locked(config, workdir, experiment, progress):
     if jax.process_index() == 0:   # the resume is accepted: record it
       if restored is not None:
         storage.check_workdir(workdir, need_bytes=ckpt.disk_bytes(step))
-      with _storage_errors(f"writing {CONFIG_NAME} in {workdir}"):
+      with storage.refused_writes(f"writing {CONFIG_NAME} in {workdir}"):
         record_config(workdir, config.to_dict(), step, changes)
     return _loop(config, workdir, exp, experiment, ckpt, state, step,
                  resume_step, progress)
@@ -304,7 +281,7 @@ def _loop(config, workdir, exp, experiment, ckpt, state, step, resume_step,
   steps = config.train.steps
   if experiment is None:
     exp.model.params = None   # the train state holds the only copy we need
-  with _storage_errors(f"writing metrics in {workdir}"):
+  with storage.refused_writes(f"writing metrics in {workdir}"):
     writers = _open_writers(workdir, resume_step)
   attempts = exp.train_layout.num_attempts
   guard = _Guard(config.train.max_nonfinite_steps, ckpt)
@@ -317,7 +294,7 @@ def _loop(config, workdir, exp, experiment, ckpt, state, step, resume_step,
       logging.warning("step %d: no checkpoint while updates are being skipped "
                       "(the last one before the first skip is kept)", step)
       return
-    with _storage_errors(f"writing checkpoint {ckpt.step_path(step)}"):
+    with storage.refused_writes(f"writing checkpoint {ckpt.step_path(step)}"):
       writers.sync()   # the metric lines of a checkpoint reach disk with it
       ckpt.save(step, state, config.to_dict())
     saved_step, saved_at = step, time.monotonic()
@@ -341,7 +318,7 @@ def _loop(config, workdir, exp, experiment, ckpt, state, step, resume_step,
           last_eval = common.evaluate(exp, state.params, step)
           row.update(_prefixed("eval/", last_eval))
           row["time/eval_s"] = time.perf_counter() - t1
-        with _storage_errors(f"writing metrics in {workdir}"):
+        with storage.refused_writes(f"writing metrics in {workdir}"):
           writers.write(step, row)
         bar.set_postfix({"step": step, f"pass@{attempts}": row[f"pass@{attempts}"],
                          "return": row["return/mean"],

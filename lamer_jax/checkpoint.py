@@ -230,20 +230,13 @@ class Checkpointer:
       storage.check_free(self.directory, self.disk_bytes(latest), doing)
     before = set(self.all_steps())
     # orbax's threads report a failed write at length; the cause goes first.
-    with storage.stderr_held() as held:
-      try:
-        self._manager.save(int(step), args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(tree),
-            _META: ocp.args.JsonSave(meta)}), force=True)
-        self._manager.wait_until_finished()
-      except Exception as e:  # pylint: disable=broad-except
-        cause = storage.os_error_in(e)
-        if cause is None:
-          raise
-        error = storage.StorageError(storage.describe(cause, doing))
-        held.say_first(f"{type(error).__name__}: {error} (orbax's report of "
-                       "it follows)")
-        raise error from e
+    with storage.stderr_held() as held, storage.refused_writes(
+        doing, say_first=lambda line: held.say_first(
+            f"{line} (orbax's report of it follows)")):
+      self._manager.save(int(step), args=ocp.args.Composite(**{
+          _STATE: ocp.args.StandardSave(tree),
+          _META: ocp.args.JsonSave(meta)}), force=True)
+      self._manager.wait_until_finished()
     removed = sorted(before - set(self.all_steps()))
     if removed:
       logging.info("removed checkpoint(s) %s (keep_checkpoints=%d)",

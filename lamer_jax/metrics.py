@@ -42,6 +42,8 @@ from typing import Any, Iterable
 
 from absl import logging
 
+from lamer_jax import storage
+
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 TORN_SUFFIX = ".torn"
@@ -190,12 +192,7 @@ def _truncate_after(path: str, resume_step: int | None) -> None:
                       path, lineno, why, aside)
     keep = [raw.rstrip(b"\r\n") + b"\n" for raw, record in good
             if record.get("step", 0) <= resume_step]
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.writelines(keep)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  storage.write_atomic(path, b"".join(keep))
   _fsync_dir(path)
 
 

@@ -1,13 +1,8 @@
 """Storage errors in one line: disk full, read-only, not a directory.
 
     storage.check_workdir(workdir, need_bytes=checkpoint_bytes)
-    try:
+    with storage.refused_writes("writing x"):   # -> one StorageError line
       write()
-    except Exception as e:
-      cause = storage.os_error_in(e)
-      if cause is not None:
-        raise storage.StorageError(storage.describe(cause, "writing x")) from e
-      raise
 
 A refused write surfaces from orbax and tensorstore as a chain of wrapped
 exceptions (sometimes only as text inside a ``ValueError``) followed by
@@ -26,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 # errno -> (what happened, what to do).
 _ADVICE = {
@@ -76,6 +71,38 @@ def os_error_in(exc: BaseException) -> OSError | None:
     todo.extend([e.__cause__, e.__context__])
     todo.extend(getattr(e, "exceptions", ()))
   return None
+
+
+@contextlib.contextmanager
+def refused_writes(doing: str, say_first: Callable[[str], None] | None = None
+                   ) -> Iterator[None]:
+  """Re-raises a write the filesystem refused anywhere inside the block as
+  one ``StorageError`` (``describe(cause, doing)``); other errors pass.
+  ``say_first`` receives the error's line before it is raised (e.g.
+  ``HeldStderr.say_first``, to print it ahead of a library's noise)."""
+  try:
+    yield
+  except StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    cause = os_error_in(e)
+    if cause is None:
+      raise
+    error = StorageError(describe(cause, doing))
+    if say_first is not None:
+      say_first(f"{type(error).__name__}: {error}")
+    raise error from e
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Replaces ``path`` with ``data`` all at once (temporary file, fsync,
+  rename): a crash leaves the old file or the new one, never half of one."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def describe(err: OSError, doing: str) -> str:
