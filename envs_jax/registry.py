@@ -14,7 +14,7 @@ from envs_jax.core import Environment
 _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
-def register(name: str, target: str, **defaults: Any) -> None:
+def register(name: str, target: str, /, **defaults: Any) -> None:
   """Registers ``name`` as ``"module:Class"`` built with ``defaults``."""
   if name in _REGISTRY:
     raise ValueError(f"environment {name!r} is already registered")
@@ -67,3 +67,12 @@ register("minesweeper-4x4", "envs_jax.games.minesweeper:MineSweeper", height=4, 
          num_mines=2)
 register("guess", "envs_jax.games.guess:GuessNumber")
 register("rps", "envs_jax.games.rps:RockPaperScissors")
+register("hangman", "envs_jax.games.hangman:Hangman")
+register("wordle", "envs_jax.games.wordle:Wordle")
+register("blackjack", "envs_jax.games.blackjack:Blackjack")
+register("mastermind", "envs_jax.games.mastermind:Mastermind")
+register("maze", "envs_jax.games.maze:Maze")
+register("minesweeper-orbit", "envs_jax.games.minesweeper:MineSweeper",
+         name="minesweeper-orbit", height=5,
+         width=5, num_mines=5, max_turns=8, first_click="agent", safe_zone="3x3",
+         reward_scheme="success")

@@ -7,6 +7,14 @@
 * ``rps``: Rock-Paper-Scissors against a hidden, biased opponent (a game with
   chance: every step draws the opponent's move from the step's key).
 
+ORBIT's suite (played in continuous trials, ``envs_jax.continuous``): ``rps``,
+``minesweeper-orbit`` (reveal-only 5x5, 5 mines placed after the agent's first
+click outside its 3x3), ``hangman`` (3-letter words), ``wordle`` (5-letter
+words), ``blackjack`` (a fixed deck whose slots the player picks) for training;
+``maze`` (6x6-7x7, goal the farthest cell) and ``mastermind`` (3 distinct
+digits of 6) held out. The word lists ship in ``envs_jax/data`` (made by
+``scripts/make_wordlists.py``).
+
 The modules are imported lazily by the registry, so that ``import envs_jax``
 stays cheap.
 """

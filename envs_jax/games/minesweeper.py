@@ -1,4 +1,4 @@
-"""MineSweeper as in LaMer: a random first click, then left clicks only.
+"""MineSweeper as in LaMer (a random first click), or as in ORBIT (the agent's).
 
 The board is ``height x width`` with ``num_mines`` hidden mines. ``reset`` draws
 a uniformly random first click, places the mines uniformly among the other
@@ -16,6 +16,35 @@ cascade that opens more than one cell +2.0; opening the last safe cell +10.0
 only ever shows what an honest player could see, and the attempt is over then.
 
 The observation text is one line per row, e.g. ``"Row 1: ? . 1 ? ? ?\\n"``.
+
+ORBIT's variant (its training game "MineSweeper, reveal-only", after GEM's
+``game:Minesweeper-v0`` with ORBIT's reveal-only win; see REFERENCES.md,
+"ORBIT's game suite") comes from three static options, each off by default
+so that every configuration above stays exactly what it was:
+
+- ``first_click="agent"``: ``reset`` opens nothing and places no mine. It
+  draws the task, ``H * W`` uniform mine scores from its key, kept in the
+  state (``mine_scores``); the agent's first in-range click places the mines
+  on the ``num_mines`` lowest-scored cells outside the click's safe zone, in
+  the step of that click, which then opens as usual. The layout is thus a
+  function of the task key and the first click: an attempt replayed from the
+  initial state with the same first click meets the same board, as ORBIT
+  replays one seed episode after episode (GEM places the mines on the first
+  "reveal" from its seeded RNG). A first click may open the whole board
+  (a won attempt, as in GEM); nothing is redrawn.
+- ``safe_zone="3x3"``: the mines avoid the first click's 3x3 block (GEM),
+  not only the cell, so the first click always opens a cascade. It applies
+  to LaMer's random first click too.
+- ``reward_scheme="success"``: reward 1.0 for the winning click and 0.0 for
+  every other (ORBIT's reward: 1 per solved episode); the values become the
+  defaults of ``MineSweeperParams``, which can still override them.
+
+``envs_jax.make("minesweeper-orbit")`` is 5x5 with 5 mines, 8 turns, all
+three options. GEM writes cells 0-indexed as ``\\boxed{reveal r c}`` and also
+has flags; here the actions stay LaMer's 1-indexed ``(row, col)`` clicks and
+there is no flag, which the reveal-only win never needs (a flag only spends a
+turn). A click on an opened cell is ineffective (``invalid``, the turn spent),
+as in GEM.
 
 Speed: the flood fill (a ``lax.while_loop``) runs once per board, in
 ``reset``, where it labels the 8-connected regions of zero cells and gives
@@ -53,6 +82,15 @@ _MAX_BOARD_DRAWS = 64
 # LaMer's reward values; MineSweeperParams defaults to them.
 DEFAULT_REWARDS = {"invalid": -1.0, "reveal": 0.5, "cascade": 2.0, "win": 10.0,
                    "mine": -0.1}
+# ``MineSweeper.reward_scheme`` -> the default reward values.
+REWARD_SCHEMES = {
+    "lamer": DEFAULT_REWARDS,
+    # ORBIT: 1 for an episode that ends in success, 0 otherwise.
+    "success": {"invalid": 0.0, "reveal": 0.0, "cascade": 0.0, "win": 1.0,
+                "mine": 0.0},
+}
+FIRST_CLICKS = ("random", "agent")
+SAFE_ZONES = ("cell", "3x3")
 
 
 @struct.dataclass
@@ -67,7 +105,8 @@ class MineSweeperParams:
       it replaces the reveal / cascade reward of that click.
     reward_mine: float32, clicking a mine (-0.1).
     num_mines: int32 mines per board; clipped on device to
-      [1, height * width - 2] so that a board always needs a decision.
+      [1, height * width - 2] (``safe_zone="3x3"``: [1, height * width - 1 -
+      the largest safe zone]) so that a board always needs a decision.
   """
 
   reward_invalid: jax.Array
@@ -94,6 +133,9 @@ class MineSweeperState:
     done: bool, the attempt is over.
     won: bool, every safe cell was opened.
     truncated: bool, the attempt hit ``max_turns``.
+    mine_scores: float32[H, W] with ``first_click="agent"``: the task's
+      uniform scores that place the mines on the first click (see
+      ``MineSweeper.place_mines``); None (no pytree leaf) otherwise.
   """
 
   mines: jax.Array
@@ -104,6 +146,7 @@ class MineSweeperState:
   done: jax.Array
   won: jax.Array
   truncated: jax.Array
+  mine_scores: jax.Array | None = None
 
 
 def _shifted_sum(x: jax.Array) -> jax.Array:
@@ -199,11 +242,20 @@ def cascade_masks(regions: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class MineSweeper(Environment):
-  """LaMer's MineSweeper (left clicks only), pure JAX.
+  """LaMer's MineSweeper (left clicks only), pure JAX, and ORBIT's variant.
 
   The text fields (``instructions``) quote the static configuration and the
   default rewards; a task sampler that varies ``MineSweeperParams`` should
   write its own rules text if it wants the prompt to follow.
+
+  Attributes (besides the board size, ``num_mines`` and ``max_turns``):
+    first_click: "random" (LaMer: ``reset`` applies a random safe first
+      click) or "agent" (ORBIT: nothing is open and no mine placed until the
+      agent's first click, see the module docstring).
+    safe_zone: where the first click's mines may not go: "cell" (the clicked
+      cell) or "3x3" (the cell and its 8 neighbours).
+    reward_scheme: the default reward values: "lamer" (``DEFAULT_REWARDS``)
+      or "success" (1.0 for the winning click, 0.0 otherwise; ORBIT).
   """
 
   name: str = "minesweeper"
@@ -217,17 +269,36 @@ class MineSweeper(Environment):
   # (a 6x6 / 3-mine board rarely needs more than 20 deliberate clicks since
   # the first click and cascades open most of it).
   max_turns: int = 20
+  first_click: str = "random"
+  safe_zone: str = "cell"
+  reward_scheme: str = "lamer"
 
   def __post_init__(self):
     if self.height < 1 or self.width < 1:
       raise ValueError(f"board must be at least 1x1, got "
                        f"{self.height}x{self.width}")
-    if not 1 <= self.num_mines <= self.height * self.width - 2:
+    for field, choices in (("first_click", FIRST_CLICKS), ("safe_zone", SAFE_ZONES),
+                           ("reward_scheme", tuple(REWARD_SCHEMES))):
+      if getattr(self, field) not in choices:
+        raise ValueError(f"{field} must be one of {choices}, got "
+                         f"{getattr(self, field)!r}")
+    if not 1 <= self.num_mines <= self.max_num_mines:
+      if self.safe_zone == "cell":
+        raise ValueError(
+            f"num_mines must be in [1, height*width-2] = "
+            f"[1, {self.height * self.width - 2}], got {self.num_mines}")
       raise ValueError(
-          f"num_mines must be in [1, height*width-2] = "
-          f"[1, {self.height * self.width - 2}], got {self.num_mines}")
+          f"num_mines must be in [1, {self.max_num_mines}] (height*width - 1 - "
+          f"the largest 3x3 safe zone), got {self.num_mines}")
     if self.max_turns < 1:
       raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+
+  @property
+  def max_num_mines(self) -> int:
+    """The most mines a board can hold: at least one safe cell must remain
+    outside the first click's largest safe zone."""
+    zone = 1 if self.safe_zone == "cell" else min(self.height, 3) * min(self.width, 3)
+    return self.height * self.width - zone - 1
 
   # ---- static description ----------------------------------------------------
   @property
@@ -254,7 +325,8 @@ class MineSweeper(Environment):
 
   @property
   def default_params(self) -> MineSweeperParams:
-    f = lambda name: jnp.asarray(DEFAULT_REWARDS[name], jnp.float32)
+    rewards = REWARD_SCHEMES[self.reward_scheme]
+    f = lambda name: jnp.asarray(rewards[name], jnp.float32)
     return MineSweeperParams(
         reward_invalid=f("invalid"), reward_reveal=f("reveal"),
         reward_cascade=f("cascade"), reward_win=f("win"), reward_mine=f("mine"),
@@ -262,12 +334,33 @@ class MineSweeper(Environment):
 
   @property
   def instructions(self) -> str:
-    r = DEFAULT_REWARDS
+    r = REWARD_SCHEMES[self.reward_scheme]
     h, w = self.height, self.width
+    opening = {
+        ("random", "cell"): "One safe cell has already been opened for you.",
+        ("random", "3x3"): ("One safe cell with no mine around it has "
+                            "already been opened for you."),
+        ("agent", "cell"): ("No cell is open yet. Your first click is always "
+                            "safe: the mines are placed after it."),
+        ("agent", "3x3"): ("No cell is open yet. Your first click is always "
+                           "safe, and so are the 8 cells around it: the mines "
+                           "are placed after it, elsewhere."),
+    }[self.first_click, self.safe_zone]
+    if self.reward_scheme == "lamer":
+      rewards = (
+          f"Rewards: {r['reveal']:+g} for opening one cell, "
+          f"{r['cascade']:+g} when a click opens several, "
+          f"{r['invalid']:+g} for clicking an opened cell (nothing happens), "
+          f"{r['win']:+g} for opening the last safe cell (you win), "
+          f"{r['mine']:+g} for opening a mine (you lose). ")
+    else:
+      rewards = (
+          f"Reward: {r['win']:g} for opening the last safe cell (you win), 0 "
+          "otherwise. Opening a mine loses; clicking an opened cell does "
+          "nothing but spends the turn. ")
     return (
         f"You are playing Minesweeper on a {h}x{w} board that hides "
-        f"{self.num_mines} mines. One safe cell has already been opened for "
-        f"you.\n"
+        f"{self.num_mines} mines. {opening}\n"
         f"Board: one line per row, \"Row 1\" at the top to \"Row {h}\" at the "
         f"bottom; columns go from 1 (left) to {w} (right). \"?\" is an "
         f"unopened cell, \".\" an opened cell with no mine among its 8 "
@@ -277,42 +370,74 @@ class MineSweeper(Environment):
         f"Action: the cell to open, written (row, col), 1-indexed, e.g. "
         f"(2, 3). Opening a cell with no neighbouring mine also opens the "
         f"connected area of such cells and the numbers around it.\n"
-        f"Rewards: {r['reveal']:+g} for opening one cell, "
-        f"{r['cascade']:+g} when a click opens several, "
-        f"{r['invalid']:+g} for clicking an opened cell (nothing happens), "
-        f"{r['win']:+g} for opening the last safe cell (you win), "
-        f"{r['mine']:+g} for opening a mine (you lose). "
+        f"{rewards}"
         f"The game ends on a win, on a mine, or after {self.max_turns} "
         f"actions.")
 
   # ---- boards ----------------------------------------------------------------
-  def state_from_board(self, mines: jax.Array,
-                       revealed: jax.Array) -> MineSweeperState:
+  def state_from_board(self, mines: jax.Array, revealed: jax.Array,
+                       mine_scores: jax.Array | None = None) -> MineSweeperState:
     """A fresh attempt on a given board (jittable).
+
+    With ``first_click="agent"``, a board without mines and without an open
+    cell waits for the first click, which places the mines from
+    ``mine_scores``; any other board is played as given.
 
     Args:
       mines: bool[H, W].
       revealed: bool[H, W] opened cells; must not contain a mine.
+      mine_scores: float32[H, W], ``first_click="agent"`` only (default
+        zeros); ignored otherwise.
     """
     mines = jnp.asarray(mines, jnp.bool_)
     revealed = jnp.asarray(revealed, jnp.bool_)
     counts = adjacent_counts(mines)
     false = jnp.zeros((), jnp.bool_)
+    if self.first_click == "agent":
+      mine_scores = (jnp.zeros(mines.shape, jnp.float32) if mine_scores is None
+                     else jnp.asarray(mine_scores, jnp.float32))
+    else:
+      mine_scores = None
     return MineSweeperState(
         mines=mines, counts=counts,
         cascades=cascade_masks(zero_regions(counts, mines)), revealed=revealed,
-        steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false)
+        steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false,
+        mine_scores=mine_scores)
+
+  def safe_zone_of(self, cell: jax.Array) -> jax.Array:
+    """bool[H * W]: the cells where no mine may go when ``cell`` (a flat
+    index) is the first click."""
+    index = jnp.arange(self.height * self.width)
+    if self.safe_zone == "cell":
+      return index == cell
+    rows, cols = index // self.width, index % self.width
+    return ((jnp.abs(rows - cell // self.width) <= 1)
+            & (jnp.abs(cols - cell % self.width) <= 1))
+
+  def place_mines(self, scores: jax.Array, cell: jax.Array,
+                  num_mines: jax.Array) -> jax.Array:
+    """bool[H, W]: mines on the ``num_mines`` lowest of ``scores`` (float32[H * W]
+    in [0, 1)) outside the safe zone of first click ``cell``.
+
+    With iid uniform scores that is a uniformly random ``num_mines``-subset
+    of the cells outside the zone (ties, of probability ~0, go to the lower
+    index).
+    """
+    scores = jnp.where(self.safe_zone_of(cell), 2.0, scores)
+    rank = jnp.argsort(jnp.argsort(scores))
+    return (rank < num_mines).reshape(self.height, self.width)
+
+  def _num_mines(self, params: MineSweeperParams) -> jax.Array:
+    return jnp.clip(params.num_mines, 1, self.max_num_mines)
 
   def _draw_board(self, key: jax.Array, num_mines: jax.Array):
-    """A fresh state, its random first click applied; mines avoid the click."""
+    """A fresh state, its random first click applied; mines avoid its zone."""
     hw = self.height * self.width
     k_click, k_mines = jax.random.split(key)
     first = jax.random.randint(k_click, (), 0, hw)
     # A uniformly random k-subset of the other cells: the k smallest of iid
-    # uniform scores, with the first click's score pushed above them all.
-    scores = jax.random.uniform(k_mines, (hw,)).at[first].set(2.0)
-    rank = jnp.argsort(jnp.argsort(scores))
-    mines = (rank < num_mines).reshape(self.height, self.width)
+    # uniform scores, with the safe zone's scores pushed above them all.
+    mines = self.place_mines(jax.random.uniform(k_mines, (hw,)), first, num_mines)
     state = self.state_from_board(mines, jnp.zeros_like(mines))
     return state.replace(revealed=self._opened(state, first))
 
@@ -324,10 +449,19 @@ class MineSweeper(Environment):
     must need at least one decision). Rejection keeps the draw uniform over
     the boards that remain.
 
+    With ``first_click="agent"`` it only draws the mine scores from ``key``:
+    the board is empty and closed until the first click.
+
     Returns:
       (MineSweeperState with [H, W] arrays, TimeStep.first()).
     """
-    num_mines = jnp.clip(params.num_mines, 1, self.height * self.width - 2)
+    if self.first_click == "agent":
+      shape = (self.height, self.width)
+      closed = jnp.zeros(shape, jnp.bool_)
+      state = self.state_from_board(closed, closed,
+                                    jax.random.uniform(key, shape))
+      return state, TimeStep.first()
+    num_mines = self._num_mines(params)
 
     def cond(carry):
       tries, state = carry
@@ -353,11 +487,33 @@ class MineSweeper(Environment):
     hit = jnp.any((masks & bits) != 0, axis=1)
     return (hit | (jnp.arange(h * w) == cell)).reshape(h, w)
 
+  def _first_click_board(self, state: MineSweeperState, in_range: jax.Array,
+                         cell: jax.Array,
+                         params: MineSweeperParams) -> MineSweeperState:
+    """``state`` with its mines placed if ``cell`` is its first click.
+
+    A board waits for its first click while it has no mine and no open cell
+    (a placed board always has a mine). Under ``vmap`` the board arrays are
+    computed for every attempt, so the others get an all-mine board, whose
+    flood fill (no zero cell) stops after one pass.
+    """
+    placing = (in_range & ~state.done & ~jnp.any(state.revealed)
+               & ~jnp.any(state.mines))
+    placed = self.place_mines(state.mine_scores.reshape(-1), cell,
+                              self._num_mines(params))
+    board = self.state_from_board(~placing | placed, jnp.zeros_like(placed))
+    keep = lambda new, old: jnp.where(placing, new, old)
+    return state.replace(mines=keep(placed, state.mines),
+                         counts=keep(board.counts, state.counts),
+                         cascades=keep(board.cascades, state.cascades))
+
   def step(self, key: jax.Array, state: MineSweeperState, action: jax.Array,
            params: MineSweeperParams):
     """Opens the cell ``action`` (int32 in [0, H*W), row-major).
 
-    Deterministic: ``key`` is ignored (the mines were placed in ``reset``).
+    Deterministic: ``key`` is ignored (the mines were placed in ``reset``,
+    or, with ``first_click="agent"``, are placed by the first in-range click
+    from the scores ``reset`` drew).
 
     An out-of-range index counts as an ineffective click. Stepping a finished
     attempt returns it unchanged, with zero reward and its final flags.
@@ -370,6 +526,8 @@ class MineSweeper(Environment):
     action = jnp.asarray(action, jnp.int32)
     in_range = (action >= 0) & (action < h * w)
     cell = jnp.clip(action, 0, h * w - 1)
+    if self.first_click == "agent":
+      state = self._first_click_board(state, in_range, cell, params)
     hidden = ~state.revealed
     effective = in_range & hidden.reshape(-1)[cell]
     lost = effective & state.mines.reshape(-1)[cell]
@@ -450,6 +608,10 @@ class MineSweeper(Environment):
     """uint32 hash of the opened-cell mask.
 
     Within one task (fixed mines) the mask determines the observation, which
-    is what GiGPO groups by.
+    is what GiGPO groups by. With ``first_click="agent"`` the mines depend
+    on the first click too, so the key hashes the shown cells (``?``, or an
+    opened cell's count) instead.
     """
+    if self.first_click == "agent":
+      return hash_arrays(jnp.where(state.revealed, 1 + state.counts, 0))
     return hash_arrays(state.revealed)

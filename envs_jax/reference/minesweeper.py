@@ -3,6 +3,11 @@
 Lists and ints only (no numpy or JAX in ``step``): it is the oracle of the
 differential test and the host-side baseline of the steps/s benchmark, so it is
 written the way a straightforward Python environment would be.
+
+ORBIT's variant (``first_click="agent"``, ``safe_zone="3x3"``): the mine
+placement is an input, as chance is elsewhere. ``reset_unplaced`` takes the
+task's mine scores (the JAX game's ``mine_scores``) and the first in-range
+click puts the mines on the lowest-scored cells outside its safe zone.
 """
 
 from __future__ import annotations
@@ -26,9 +31,17 @@ class PyMineSweeper:
   def __init__(self, height: int = 6, width: int = 6, num_mines: int = 3,
                max_turns: int = 20, reward_invalid: float = -1.0,
                reward_reveal: float = 0.5, reward_cascade: float = 2.0,
-               reward_win: float = 10.0, reward_mine: float = -0.1):
-    if not 1 <= num_mines <= height * width - 2:
-      raise ValueError(f"num_mines must be in [1, {height * width - 2}]")
+               reward_win: float = 10.0, reward_mine: float = -0.1,
+               first_click: str = "random", safe_zone: str = "cell"):
+    zone = 1 if safe_zone == "cell" else min(height, 3) * min(width, 3)
+    if not 1 <= num_mines <= height * width - zone - 1:
+      raise ValueError(f"num_mines must be in [1, {height * width - zone - 1}]")
+    if first_click not in ("random", "agent") or safe_zone not in ("cell", "3x3"):
+      raise ValueError(f"unknown first_click / safe_zone {first_click!r}, "
+                       f"{safe_zone!r}")
+    self.first_click, self.safe_zone = first_click, safe_zone
+    self.mine_scores: list[float] = []
+    self.placed = True   # False while an agent-first-click board waits
     self.height, self.width = height, width
     self.num_mines = num_mines
     self.max_turns = max_turns
@@ -56,7 +69,7 @@ class PyMineSweeper:
     hw = self.height * self.width
     for _ in range(_MAX_BOARD_DRAWS):
       first = rng.randrange(hw)
-      others = [i for i in range(hw) if i != first]
+      others = [i for i in range(hw) if not self._in_safe_zone(i, first)]
       chosen = set(rng.sample(others, self.num_mines))
       mines = [[r * self.width + c in chosen for c in range(self.width)]
                for r in range(self.height)]
@@ -79,7 +92,50 @@ class PyMineSweeper:
     if len(mines) != self.height or any(len(r) != self.width for r in mines):
       raise ValueError("mines does not match the board size")
     self._load(mines, revealed)
+    self.placed = True
     return self.render_text()
+
+  def reset_unplaced(self, mine_scores) -> str:
+    """Starts an attempt whose mines the first click places (ORBIT's rule).
+
+    Args:
+      mine_scores: H * W floats (row-major; a nested H x W sequence or an
+        array also works): the first in-range click at cell ``f`` puts the
+        mines on the ``num_mines`` cells of lowest score outside ``f``'s
+        safe zone (equal scores: the lower index first).
+
+    Returns:
+      The observation text (every cell unopened).
+    """
+    flat = mine_scores.tolist() if hasattr(mine_scores, "tolist") else mine_scores
+    if flat and isinstance(flat[0], (list, tuple)):
+      flat = [x for row in flat for x in row]
+    if len(flat) != self.height * self.width:
+      raise ValueError("mine_scores must have height * width entries")
+    self.mine_scores = [float(x) for x in flat]
+    closed = [[False] * self.width for _ in range(self.height)]
+    self._load([list(row) for row in closed], closed)
+    self.placed = False
+    return self.render_text()
+
+  def _in_safe_zone(self, cell: int, first: int) -> bool:
+    """Whether no mine may go on ``cell`` when ``first`` is the first click."""
+    if self.safe_zone == "cell":
+      return cell == first
+    (r, c), (fr, fc) = divmod(cell, self.width), divmod(first, self.width)
+    return abs(r - fr) <= 1 and abs(c - fc) <= 1
+
+  def _place(self, first: int) -> None:
+    """Puts the mines for first click ``first`` (``reset_unplaced``'s rule)."""
+    allowed = [i for i in range(self.height * self.width)
+               if not self._in_safe_zone(i, first)]
+    chosen = set(sorted(allowed, key=lambda i: self.mine_scores[i])[:self.num_mines])
+    mines = [[r * self.width + c in chosen for c in range(self.width)]
+             for r in range(self.height)]
+    steps = self.steps
+    self._load(mines, self.revealed)
+    self.steps = steps
+    self.placed = True
 
   def _load(self, mines: list[list[bool]], revealed: list[list[bool]]) -> None:
     h, w = self.height, self.width
@@ -135,6 +191,8 @@ class PyMineSweeper:
     self.steps += 1
     hw = self.height * self.width
     r, c = divmod(action_index, self.width)
+    if not self.placed and 0 <= action_index < hw:
+      self._place(action_index)
     if not 0 <= action_index < hw or self.revealed[r][c]:
       reward = self.reward_invalid
     elif self.mines[r][c]:

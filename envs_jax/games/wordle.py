@@ -1,0 +1,310 @@
+"""Wordle (ORBIT's training game): find a hidden 5-letter word in 10 guesses.
+
+ORBIT's training game (see REFERENCES.md, "ORBIT's game suite"), built on
+GEM's ``game:Wordle-v0-hard`` (5-letter words; ORBIT caps an episode at 10
+turns). A *task* is a hidden word drawn in ``reset`` uniformly from the first
+``WordleParams.num_words`` words of the shipped list ``envs_jax/data/words5.txt``
+(1500 common 5-letter English words, most frequent first; ``envs_jax.words``).
+
+Each turn the agent guesses a word and gets one mark per letter:
+
+* ``G``: the right letter in the right place;
+* ``Y``: the letter is in the word, elsewhere;
+* ``X``: the letter is not in the word (or all its copies are already marked).
+
+Repeated letters take the standard two passes (as GEM's ``_evaluate_guess``):
+first every exact match is marked G and uses up that letter of the answer;
+then, left to right, each other guess letter is marked Y while unused copies
+of it remain in the answer (using one up), and X after that. Answer "abbey",
+guess "babes": YYGGX.
+
+A guess equal to the word wins (reward ``reward_win``, 1.0, done). After
+``max_turns`` (10) turns without it the attempt ends, truncated. Guessing a
+word already guessed changes nothing but uses the turn (GEM: "already guessed
+before", an invalid action): ``TimeStep.invalid`` says so, it adds no row, and
+the action mask forbids it. An out-of-range action index is treated the same.
+
+Candidates are the words of the list themselves (``crane``): all have five
+letters and differ, so no candidate is a prefix of another. ORBIT does not
+check guesses against a dictionary (any five letters are scored); here the
+allowed guesses are the shipped list, which holds every possible answer, so
+the table (1500 entries) stays a decoding table and every guess is a real
+word. Nonsense probes (five letters picked only to test them) are the one
+strategy this rules out.
+
+The observation lists every guess so far with its marks (the whole history,
+as Wordle's board does: at most ``max_turns`` rows) and the turns left, e.g.
+for the word "board"::
+
+    Guess 1: crane -> XYGXX
+    Guess 2: roast -> YGGXX
+    Turns left: 8
+
+and ``No guesses yet.`` above the last line before the first guess. The marks
+are written together, as GEM writes them. A guessed word and its marks are
+rendered as one symbol per letter, so a tokenizer sees each letter and each
+mark as its own token, the marks lined up with the letters (the text is the
+same); single-byte symbols also keep the text codec's slot layout cheap to
+compile with the byte-level tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from envs_jax.core import Environment, TimeStep, hash_arrays
+from envs_jax.words import ALPHABET, load_words, word_codes
+
+NUM_LETTERS = len(ALPHABET)
+# Marks, in the order of their codes: 0 not in the word, 1 elsewhere, 2 here.
+MARKS = ("X", "Y", "G")
+
+# Symbol ids: letters 0..25, the marks X Y G, the fixed pieces, then
+# one label per guess row ("Guess 1: "...), then the numbers 0..max_turns.
+_FIRST_MARK = NUM_LETTERS
+_PIECES = (" -> ", "\n", "No guesses yet.\n", "Turns left: ")
+_FIRST_PIECE = _FIRST_MARK + len(MARKS)
+_FIRST_LABEL = _FIRST_PIECE + len(_PIECES)
+
+
+def _piece(text: str) -> int:
+  return _FIRST_PIECE + _PIECES.index(text)
+
+
+def score_guess(answer: jax.Array, guess: jax.Array) -> jax.Array:
+  """int32[L] marks (0 X, 1 Y, 2 G) of ``guess`` against ``answer``.
+
+  Both are int32[L] letter codes. Jittable and vmappable, no loop: the
+  left-to-right pass gives guess position i a Y exactly when the answer has
+  more unmatched copies of its letter (positions not marked G) than the
+  guess has non-G copies of it before i, which is the count the sequential
+  pass would have left.
+  """
+  green = answer == guess
+  same = guess[:, None] == guess[None, :]                        # [i, j]
+  unmatched = jnp.sum((guess[:, None] == answer[None, :]) & ~green[None, :], axis=1)
+  before = jnp.tril(jnp.ones_like(same), -1)                     # j < i
+  earlier = jnp.sum(same & before & ~green[None, :], axis=1)
+  yellow = ~green & (earlier < unmatched)
+  return jnp.where(green, 2, jnp.where(yellow, 1, 0)).astype(jnp.int32)
+
+
+@struct.dataclass
+class WordleParams:
+  """Task-distribution knobs.
+
+  Attributes:
+    reward_win: float32, reward of the guess that finds the word.
+    num_words: int32, the hidden word is drawn from the first ``num_words``
+      words of the list (the most frequent; clipped to [1, list size]).
+  """
+
+  reward_win: jax.Array
+  num_words: jax.Array
+
+
+@struct.dataclass
+class WordleState:
+  """One attempt.
+
+  Attributes:
+    answer: int32 index of the hidden word in ``Wordle.words`` (the task).
+    guesses: int32[max_turns], the words guessed (indices) in order, padded
+      with -1.
+    marks: int32[max_turns, L], each guess's marks (0 X, 1 Y, 2 G; 0 in
+      padding rows).
+    steps: int32 turns taken.
+    done: bool, the attempt is over.
+    won: bool, the word was found.
+    truncated: bool, the turns ran out first.
+  """
+
+  answer: jax.Array
+  guesses: jax.Array
+  marks: jax.Array
+  steps: jax.Array
+  done: jax.Array
+  won: jax.Array
+  truncated: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Wordle(Environment):
+  """Wordle with G/Y/X marks; the allowed guesses are the word list.
+
+  Attributes:
+    name: registry name.
+    max_turns: guesses per attempt (ORBIT's Wordle: 10).
+    word_list: the shipped list the words come from (``envs_jax.words``).
+  """
+
+  name: str = "wordle"
+  max_turns: int = 10
+  word_list: str = "words5"
+
+  def __post_init__(self):
+    if self.max_turns < 1:
+      raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+    load_words(self.word_list)   # fail early on a missing or malformed list
+
+  # ---- the word list -------------------------------------------------------
+  @property
+  def words(self) -> tuple[str, ...]:
+    return load_words(self.word_list)
+
+  @property
+  def word_length(self) -> int:
+    return len(self.words[0])
+
+  # ---- static description ------------------------------------------------
+  @property
+  def symbols(self) -> tuple[str, ...]:
+    return (tuple(ALPHABET) + MARKS + _PIECES
+            + tuple(f"Guess {r}: " for r in range(1, self.max_turns + 1))
+            + tuple(str(i) for i in range(self.max_turns + 1)))
+
+  @property
+  def _first_number(self) -> int:
+    return _FIRST_LABEL + self.max_turns
+
+  @property
+  def action_strings(self) -> tuple[str, ...]:
+    return self.words
+
+  @property
+  def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
+    """The positions of ``render_symbols`` (unused guess rows are -1)."""
+    letters = tuple(range(NUM_LETTERS))
+    marks = tuple(range(_FIRST_MARK, _FIRST_MARK + len(MARKS)))
+    n = self.word_length
+    row = lambda r: (((_FIRST_LABEL + r,),) + (letters,) * n + ((_piece(" -> "),),)
+                     + (marks,) * n + ((_piece("\n"),),))
+    numbers = tuple(range(self._first_number, self._first_number + self.max_turns + 1))
+    return (((_piece("No guesses yet.\n"),),)
+            + tuple(slot for r in range(self.max_turns) for slot in row(r))
+            + ((_piece("Turns left: "),), numbers, (_piece("\n"),)))
+
+  @property
+  def max_symbols(self) -> int:
+    return len(self.symbol_slots)
+
+  @property
+  def instructions(self) -> str:
+    n, t = self.word_length, self.max_turns
+    return (
+        f"You are playing Wordle. Find the secret {n}-letter English word "
+        f"within {t} guesses.\n"
+        f"Each guess must be a common {n}-letter English word. After each "
+        "guess, every letter is marked: G (green) the right letter in the "
+        "right place; Y (yellow) the letter is in the word but elsewhere; X "
+        "the letter is not in the word. A letter that occurs more often in "
+        "your guess than in the secret word is marked G or Y only as many "
+        "times as the word holds it (G first, then Y from left to right), X "
+        "after that.\n"
+        "The board shows all your guesses with their marks. Guessing a word "
+        "again changes nothing and wastes the turn.\n"
+        "Reward: 1 for finding the word, 0 otherwise.\n"
+        f"Each turn, answer with your guess: one {n}-letter word in lowercase, "
+        f"e.g. {self.words[0]}.")
+
+  @property
+  def default_params(self) -> WordleParams:
+    return WordleParams(reward_win=jnp.asarray(1.0, jnp.float32),
+                        num_words=jnp.asarray(len(self.words), jnp.int32))
+
+  # ---- dynamics ------------------------------------------------------------
+  def initial_state(self, answer: jax.Array) -> WordleState:
+    """A fresh attempt at the word of index ``answer`` (jittable)."""
+    false = jnp.zeros((), jnp.bool_)
+    return WordleState(
+        answer=jnp.asarray(answer, jnp.int32),
+        guesses=jnp.full((self.max_turns,), -1, jnp.int32),
+        marks=jnp.zeros((self.max_turns, self.word_length), jnp.int32),
+        steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false)
+
+  def reset(self, key: jax.Array, params: WordleParams):
+    """Draws the hidden word uniformly from the first ``num_words`` words."""
+    count = jnp.clip(params.num_words, 1, len(self.words))
+    answer = jax.random.randint(key, (), 0, count, dtype=jnp.int32)
+    return self.initial_state(answer), TimeStep.first()
+
+  def step(self, key: jax.Array, state: WordleState, action: jax.Array,
+           params: WordleParams):
+    """Scores one guess; deterministic (``key`` is ignored).
+
+    A repeated guess, or an index out of range, uses the turn and changes
+    nothing else (``invalid``). Stepping a finished attempt returns it
+    unchanged, reward 0.
+    """
+    del key
+    codes = jnp.asarray(word_codes(self.word_list))
+    action = jnp.asarray(action, jnp.int32)
+    guess = jnp.clip(action, 0, len(self.words) - 1)
+    new = ((action >= 0) & (action < len(self.words))
+           & ~jnp.any(state.guesses == guess))
+    won = new & (guess == state.answer)
+    row = jnp.arange(self.max_turns) == jnp.sum(state.guesses >= 0)
+    marks = score_guess(codes[state.answer], codes[guess])
+    steps = state.steps + 1
+    truncated = ~won & (steps >= self.max_turns)
+    done = won | truncated
+    live_state = WordleState(
+        answer=state.answer,
+        guesses=jnp.where(new & row, guess, state.guesses),
+        marks=jnp.where((new & row)[:, None], marks[None, :], state.marks),
+        steps=steps, done=done, won=won, truncated=truncated)
+    live_ts = TimeStep(
+        reward=jnp.where(won, params.reward_win, 0.0).astype(jnp.float32), done=done,
+        won=won, truncated=truncated, invalid=~new, steps=steps)
+    over_ts = TimeStep(reward=jnp.zeros((), jnp.float32), done=state.done,
+                       won=state.won, truncated=state.truncated,
+                       invalid=jnp.zeros((), jnp.bool_), steps=state.steps)
+    pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(state.done, x, y), a, b)
+    return pick(state, live_state), pick(over_ts, live_ts)
+
+  # ---- views -----------------------------------------------------------------
+  def render_symbols(self, state: WordleState, params: WordleParams) -> jax.Array:
+    """int32[max_symbols]: the observation's symbols, unused rows -1."""
+    del params
+    t = self.max_turns
+    codes = jnp.asarray(word_codes(self.word_list))
+    listed = state.guesses >= 0
+    col = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.int32), (t, 1))
+    rows = jnp.concatenate([
+        (_FIRST_LABEL + jnp.arange(t, dtype=jnp.int32))[:, None],
+        codes[jnp.maximum(state.guesses, 0)], col(_piece(" -> ")),
+        _FIRST_MARK + state.marks, col(_piece("\n"))], axis=1)   # [T, 2L + 3]
+    rows = jnp.where(listed[:, None], rows, -1)
+    c = lambda *ids: jnp.asarray(ids, jnp.int32)
+    return jnp.concatenate([
+        jnp.where(listed[0], -1, _piece("No guesses yet.\n"))[None], rows.reshape(-1),
+        c(_piece("Turns left: "), 0, _piece("\n")).at[1].set(
+            self._first_number + t - state.steps),
+    ]).astype(jnp.int32)
+
+  def render_text(self, state: WordleState, params: WordleParams) -> str:
+    """Host-side rendering from the state arrays."""
+    del params
+    s = jax.device_get(state)
+    lines = []
+    for r, g in enumerate(int(i) for i in s.guesses):
+      if g >= 0:
+        marks = "".join(MARKS[int(m)] for m in s.marks[r])
+        lines.append(f"Guess {r + 1}: {self.words[g]} -> {marks}\n")
+    head = "".join(lines) or "No guesses yet.\n"
+    return head + f"Turns left: {self.max_turns - int(s.steps)}\n"
+
+  def action_mask(self, state: WordleState, params: WordleParams) -> jax.Array:
+    """bool[N]: the words not guessed yet."""
+    del params
+    n = len(self.words)
+    return ~jnp.zeros((n,), jnp.bool_).at[
+        jnp.where(state.guesses >= 0, state.guesses, n)].set(True, mode="drop")
+
+  def state_key(self, state: WordleState) -> jax.Array:
+    """uint32 hash of what the observation shows (not the hidden word)."""
+    return hash_arrays(state.guesses, state.marks, state.steps)
