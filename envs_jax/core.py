@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -166,6 +166,17 @@ class Environment(abc.ABC, Generic[State, Params]):
   @abc.abstractmethod
   def state_key(self, state: State) -> jax.Array:
     """uint32 hash of the observable state (GiGPO's anchor-state id)."""
+
+  def episode_outcomes(self, state: State) -> Any:
+    """Per-episode outcomes of an attempt that holds several episodes.
+
+    None for a game whose attempt is one episode (the default);
+    ``envs_jax.continuous.Continuous`` returns ``{"solved": bool[K],
+    "steps": int32[K]}``. The trial loop records it from each attempt's
+    final state.
+    """
+    del state
+    return None
 
   # ---- helpers shared by all games --------------------------------------------
   def symbols_to_text(self, symbol_ids) -> str:

@@ -15,6 +15,9 @@ Methods (``config.method``):
   * ``rl``: single-episode RL; trains one attempt per trial without memory
     (the config must say ``num_attempts=1``, ``memory="none"``) and evaluates
     ``eval.num_attempts`` independent attempts;
+  * ``orbit``: ORBIT's in-context online learning: trains and evaluates one
+    continuous trial of ``env.episodes`` episodes per row (one attempt, no
+    memory but the transcript itself), trajectory-level GRPO;
   * ``zero_shot``: no training; evaluates independent attempts (memory none);
   * ``reflexion``: no training; evaluates with ``reflection_only`` memory,
     the frozen model writing the reflections.
@@ -36,18 +39,20 @@ import numpy as np
 from tqdm import tqdm
 
 import envs_jax
+from envs_jax.continuous import Continuous
 from envs_jax.core import Environment
 from experiments.configs import base
 from lamer_jax import checkpoint, losses, returns, sharding, storage, workdir_lock
 from lamer_jax.agent import layout as layout_lib
 from lamer_jax.agent.trial import RolloutConfig, eval_seeds
+from lamer_jax.algos import lamer
 from lamer_jax.algos.lamer import (AlgoConfig, TrainState, init_train_state,
-                                   make_eval_fn, make_train_step)
+                                   make_eval_fn)
 from lamer_jax.models import loading
 
 METHODS = base.METHODS
 CHECKPOINT_DIR = "checkpoints"   # under a run's workdir
-TRAINING_METHODS = ("lamer", "rl")
+TRAINING_METHODS = ("lamer", "rl", "orbit")
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_TASKS_ACCELERATOR = 128   # LaMer's validation set size
 EVAL_TASKS_CPU = 16
@@ -128,10 +133,46 @@ def _positive(config: ml_collections.ConfigDict, *names: str, allow_zero=False,
       raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
 
 
-def make_env(config: ml_collections.ConfigDict) -> Environment:
-  """The configured game (registry errors name the valid choices)."""
-  validate_choice("env.name", config.env.name, envs_jax.registered())
-  return envs_jax.make(config.env.name, **dict(config.env.overrides))
+def game_names(names: str, key: str = "env.name") -> tuple[str, ...]:
+  """The games of a comma-separated list (``"rps,hangman"``), checked."""
+  if not isinstance(names, str):
+    raise ConfigError(f"{key} must be a game name or a comma-separated list of "
+                      f"them, got {names!r}")
+  parts = tuple(n.strip() for n in names.split(","))
+  for name in parts:
+    validate_choice(key, name, envs_jax.registered())
+  if len(set(parts)) != len(parts):
+    raise ConfigError(f"{key}={names!r} names a game twice")
+  return parts
+
+
+def train_games(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The games training plays: ``env.name``, one name or a mix."""
+  return game_names(config.env.name)
+
+
+def eval_games(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The games evaluation plays: ``eval.games``, by default the training ones."""
+  return (game_names(config.eval.games, "eval.games") if config.eval.games
+          else train_games(config))
+
+
+def make_env(config: ml_collections.ConfigDict, name: str | None = None
+             ) -> Environment:
+  """The configured game ``name`` (default: the first of ``env.name``), with
+  ``env.overrides`` and, when ``env.episodes`` is set, in continuous trials
+  (registry errors name the valid choices)."""
+  name = train_games(config)[0] if name is None else name
+  validate_choice("env.name", name, envs_jax.registered())
+  env = envs_jax.make(name, **dict(config.env.overrides))
+  episodes = config.env.episodes
+  if (not isinstance(episodes, (int, np.integer)) or isinstance(episodes, bool)
+      or episodes < 0):
+    raise ConfigError(f"env.episodes must be an integer >= 0 (0: the game as it "
+                      f"is; K: K continuous episodes), got {episodes!r}")
+  if episodes:
+    env = Continuous(env, episodes=int(episodes))
+  return env
 
 
 def env_params(env: Environment, overrides: dict[str, Any]) -> Any:
@@ -182,7 +223,8 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
 
 def eval_memory(config: ml_collections.ConfigDict) -> str:
   """The memory mode evaluation runs with, by method."""
-  return {"lamer": config.rollout.memory, "rl": "none", "zero_shot": "none",
+  return {"lamer": config.rollout.memory, "rl": "none", "orbit": "none",
+          "zero_shot": "none",
           "reflexion": "reflection_only"}[config.method]
 
 
@@ -226,6 +268,16 @@ def _validate_mesh(config: ml_collections.ConfigDict) -> None:
           f"devices; make it a multiple of {shards} or change the mesh")
 
 
+def _check_turns(config: ml_collections.ConfigDict, env: Environment) -> None:
+  limit = getattr(env, "max_turns", None)
+  if config.rollout.num_turns is None and limit is None:
+    raise ConfigError(f"{env.name} has no max_turns: set rollout.num_turns")
+  if config.rollout.num_turns and limit and config.rollout.num_turns > limit:
+    raise ConfigError(f"rollout.num_turns={config.rollout.num_turns} exceeds "
+                      f"{env.name}'s max_turns={limit}; raise it with "
+                      "env.overrides.max_turns or lower rollout.num_turns")
+
+
 def validate(config: ml_collections.ConfigDict) -> Environment:
   """Checks every key and value of ``config``; returns the game it names.
 
@@ -239,8 +291,16 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
   _check_loaded(config)
   _check_keys(config, base.get_config())
   validate_choice("method", config.method, METHODS)
+  names = train_games(config)
+  evaluated = eval_games(config)
+  if len(set(names + evaluated)) > 1 and (config.env.overrides or config.env.params):
+    raise ConfigError("env.overrides and env.params set one game's fields; with "
+                      f"several games ({', '.join(dict.fromkeys(names + evaluated))})"
+                      " leave them empty (register a variant in envs_jax.registry)")
   env = make_env(config)
   env_params(env, dict(config.env.params))
+  for name in dict.fromkeys(names + evaluated):
+    _check_turns(config, make_env(config, name))
   name = config.model.name
   if name not in loading.valid_names() and not os.path.exists(os.path.expanduser(name)):
     raise ConfigError(f"model.name={name!r} is not valid; choose one of "
@@ -267,13 +327,6 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
       or isinstance(every_s, bool) or not every_s >= 0):
     raise ConfigError(f"train.checkpoint_every_s must be a number of seconds >= 0 "
                       f"(0: off), got {every_s!r}")
-  limit = getattr(env, "max_turns", None)
-  if config.rollout.num_turns is None and limit is None:
-    raise ConfigError(f"{env.name} has no max_turns: set rollout.num_turns")
-  if config.rollout.num_turns and limit and config.rollout.num_turns > limit:
-    raise ConfigError(f"rollout.num_turns={config.rollout.num_turns} exceeds "
-                      f"{env.name}'s max_turns={limit}; raise it with "
-                      "env.overrides.max_turns or lower rollout.num_turns")
   for group in ("rollout", "eval"):
     if not config[group].temperature > 0:
       raise ConfigError(f"{group}.temperature must be > 0, got "
@@ -314,6 +367,16 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
     raise ConfigError("method 'rl' trains single episodes: set rollout.num_attempts=1"
                       " and rollout.memory='none' (and rollout.group_size to G x N "
                       "for LaMer's sample budget)")
+  if (config.method == "orbit") != bool(config.env.episodes):
+    raise ConfigError(
+        "method 'orbit' plays continuous trials and only it does: set "
+        "env.episodes >= 1 with method 'orbit' (and env.episodes=0 otherwise)")
+  if config.method == "orbit" and (
+      config.rollout.num_attempts != 1 or config.eval.num_attempts != 1
+      or config.rollout.memory != "none"):
+    raise ConfigError("method 'orbit' plays one continuous trial per row: set "
+                      "rollout.num_attempts=1, eval.num_attempts=1 and "
+                      "rollout.memory='none' (the transcript is the memory)")
   eval_batch_size(config)
   _validate_mesh(config)
   return env
@@ -440,9 +503,13 @@ class Experiment:
   """Everything a run needs, built from a validated config.
 
   Attributes:
+    env, env_params, train_layout: those of the first training game (of
+      the first evaluated game for methods that do not train).
     train_layout, train_rollout, train_step: None for methods that do not
-      train; ``train_step(state) -> (state, metrics)`` is jitted.
-    eval_fn: jitted ``(params, key, seeds) -> metrics``.
+      train; ``train_step(state) -> (state, metrics)`` is jitted, over every
+      game of ``train_games``.
+    eval_layout, eval_fn: those of the first evaluated game; ``eval_fn`` is
+      jitted ``(params, key, seeds) -> metrics``.
     eval_seeds: int32[eval tasks], the fixed held-out task seeds.
     eval_progress: receives ``eval_fn``'s per-batch progress (see
       ``evaluate(progress=True)``).
@@ -465,10 +532,19 @@ class Experiment:
   eval_seeds: jax.Array
   mesh: jax.sharding.Mesh | None = None
   eval_progress: EvalProgress = dataclasses.field(default_factory=EvalProgress)
+  train_games: tuple[Any, ...] = ()       # lamer.Game per training game
+  eval_games: tuple[Any, ...] = ()        # EvalGame per evaluated game
 
   @property
   def trains(self) -> bool:
     return self.train_step is not None
+
+  @property
+  def per_game(self) -> bool:
+    """Metrics are reported per game: several games train or evaluate, or the
+    evaluated game is not the trained one."""
+    names = {g.name for g in self.train_games} | {g.name for g in self.eval_games}
+    return len(names) > 1
 
 
 def seed_key(config: ml_collections.ConfigDict, stream: int) -> jax.Array:
@@ -492,11 +568,30 @@ def build(config: ml_collections.ConfigDict, *, jit: bool = True) -> Experiment:
   return METHOD_BUILDERS[config.method](config, env, jit=jit)
 
 
+@dataclasses.dataclass
+class EvalGame:
+  """One evaluated game: its layout, compiled evaluation and held-out seeds.
+
+  Attributes:
+    name: the registry name (metric prefix when several games are evaluated).
+    env, env_params: the game (in continuous trials with ``env.episodes``).
+    layout: the evaluation trials' layout.
+    eval_fn: jitted ``(params, key, seeds) -> metrics``.
+  """
+
+  name: str
+  env: Environment
+  env_params: Any
+  layout: layout_lib.ContextLayout
+  eval_fn: Callable[..., dict]
+
+
 def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
                     jit: bool = True) -> Experiment:
-  """LaMer, its single-episode RL baselines and the prompting baselines:
-  loads the model and builds layouts, the train step and the evaluation."""
-  params = env_params(env, dict(config.env.params))
+  """LaMer, its single-episode RL baselines, ORBIT and the prompting
+  baselines: loads the model and builds layouts, the train step (over every
+  game of ``env.name``) and the evaluation (of every game of ``eval.games``)."""
+  del env   # validated; each game is built below
   mesh = sharding.make_mesh(mesh_config(config))
   if mesh.devices.size == 1:
     mesh = None   # the plain single-device program
@@ -507,53 +602,67 @@ def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
   if mesh is not None:
     logging.info("%s", sharding.describe(mesh))
     model.params = sharding.shard_params(model.params, mesh, mcfg)
-  turns = num_turns(config, env)
 
-  def layout(shape: layout_lib.TrialShape, memory: str) -> layout_lib.ContextLayout:
+  def layout(env: Environment, shape: layout_lib.TrialShape,
+             memory: str) -> layout_lib.ContextLayout:
     lay = layout_lib.build_layout(
         model.tokenizer, env, shape, memory=memory,
         reflection_tokens=config.rollout.reflection_tokens,
         action_mode=config.rollout.action_mode,
         think_tokens=config.rollout.think_tokens)
     if lay.context_len > mcfg.max_position:
-      raise ConfigError(f"an attempt's context ({lay.describe()}) exceeds the "
-                        f"model's {mcfg.max_position} positions; lower "
+      raise ConfigError(f"an attempt's context of {env.name} ({lay.describe()}) "
+                        f"exceeds the model's {mcfg.max_position} positions; lower "
                         "rollout.num_turns or rollout.reflection_tokens")
     return lay
 
   algo = AlgoConfig(**config.algo.to_dict())
-  train_layout = train_rollout = train_step = None
+  games: dict[str, lamer.Game] = {}
+  train_rollout = train_step = None
   if config.method in TRAINING_METHODS:
-    train_layout = layout(trial_shape(config, env), config.rollout.memory)
+    for name in train_games(config):
+      env = make_env(config, name)
+      games[name] = lamer.Game(env, layout(env, trial_shape(config, env),
+                                           config.rollout.memory),
+                               env_params(env, dict(config.env.params)), name)
     train_rollout = RolloutConfig(
         temperature=config.rollout.temperature, top_k=config.rollout.top_k,
         top_p=config.rollout.top_p,
         invalid_penalty=config.rollout.invalid_penalty)
-    train_step = make_train_step(env, mcfg, train_layout, train_rollout, algo,
-                                 env_params=params, jit=jit, mesh=mesh)
+    train_step = lamer.make_mix_train_step(tuple(games.values()), mcfg,
+                                           train_rollout, algo, jit=jit, mesh=mesh)
   memory = eval_memory(config)
   tasks = eval_num_tasks(config)
-  eval_shape = layout_lib.TrialShape(num_tasks=eval_batch_size(config), group_size=1,
-                                     num_attempts=config.eval.num_attempts,
-                                     num_turns=turns)
-  if (train_layout is not None and train_layout.memory == memory
-      and train_layout.num_attempts == config.eval.num_attempts):
-    eval_layout = train_layout.with_tasks(eval_shape.num_tasks, group_size=1)
-  else:
-    eval_layout = layout(eval_shape, memory)
   eval_rollout = RolloutConfig(temperature=config.eval.temperature,
                                top_k=config.eval.top_k, top_p=config.eval.top_p,
                                invalid_penalty=config.rollout.invalid_penalty)
   progress = EvalProgress()
-  eval_fn = make_eval_fn(env, mcfg, eval_layout, eval_rollout, env_params=params,
-                         mesh=mesh, batch_size=eval_batch_size(config),
-                         on_batch=progress)
-  return Experiment(config=config, env=env, env_params=params, model=model,
-                    algo=algo, train_layout=train_layout,
+  evals = []
+  for name in eval_games(config):
+    env = make_env(config, name)
+    params = env_params(env, dict(config.env.params))
+    eval_shape = layout_lib.TrialShape(num_tasks=eval_batch_size(config), group_size=1,
+                                       num_attempts=config.eval.num_attempts,
+                                       num_turns=num_turns(config, env))
+    trained = games.get(name)
+    if (trained is not None and trained.layout.memory == memory
+        and trained.layout.num_attempts == config.eval.num_attempts):
+      eval_layout = trained.layout.with_tasks(eval_shape.num_tasks, group_size=1)
+    else:
+      eval_layout = layout(env, eval_shape, memory)
+    evals.append(EvalGame(name, env, params, eval_layout, make_eval_fn(
+        env, mcfg, eval_layout, eval_rollout, env_params=params, mesh=mesh,
+        batch_size=eval_batch_size(config), on_batch=progress)))
+  first = next(iter(games.values()), None)
+  return Experiment(config=config, env=evals[0].env if first is None else first.env,
+                    env_params=evals[0].env_params if first is None else first.params,
+                    model=model, algo=algo,
+                    train_layout=None if first is None else first.layout,
                     train_rollout=train_rollout, train_step=train_step,
-                    eval_layout=eval_layout, eval_rollout=eval_rollout,
-                    eval_fn=eval_fn, eval_seeds=eval_seeds(tasks), mesh=mesh,
-                    eval_progress=progress)
+                    eval_layout=evals[0].layout, eval_rollout=eval_rollout,
+                    eval_fn=evals[0].eval_fn, eval_seeds=eval_seeds(tasks), mesh=mesh,
+                    eval_progress=progress, train_games=tuple(games.values()),
+                    eval_games=tuple(evals))
 
 
 # config.method -> builder(config, validated env, jit=) -> Experiment.
@@ -603,25 +712,36 @@ def evaluate(exp: Experiment, params: Any, step: int, *,
   ``progress`` shows a bar of played tasks (on process 0), which advances
   per ``eval.batch_size`` tasks; the first batch also waits for compilation.
   """
-  run = lambda: to_host(exp.eval_fn(params, eval_key(exp.config, step),
-                                    exp.eval_seeds))
-  if not progress or jax.process_index() != 0:
-    return run()
-  with exp.eval_progress.show(int(exp.eval_seeds.shape[0]),
-                              f"eval {exp.env.name} ({exp.config.method})"):
-    return run()
+  results = {}
+  for game in exp.eval_games or (EvalGame(exp.env.name, exp.env, exp.env_params,
+                                          exp.eval_layout, exp.eval_fn),):
+    run = lambda: to_host(game.eval_fn(params, eval_key(exp.config, step),
+                                       exp.eval_seeds))
+    if not progress or jax.process_index() != 0:
+      metrics = run()
+    else:
+      with exp.eval_progress.show(int(exp.eval_seeds.shape[0]),
+                                  f"eval {game.env.name} ({exp.config.method})"):
+        metrics = run()
+    prefix = f"{game.name}/" if exp.per_game else ""
+    results.update({prefix + k: v for k, v in metrics.items()})
+  return results
 
 
 def describe(exp: Experiment) -> str:
   """One paragraph about the run, for logs."""
   c = exp.config
-  lines = [f"{c.name}: method {c.method}, env {exp.env.name}, model "
+  trained = [g.env.name for g in exp.train_games] or [exp.env.name]
+  lines = [f"{c.name}: method {c.method}, env {', '.join(trained)}, model "
            f"{exp.model.name} ({exp.model.cfg.dtype})"]
   if exp.trains:
-    lines.append(f"train: {c.rollout.num_tasks} tasks x {c.rollout.group_size} "
-                 f"trials x {c.rollout.num_attempts} attempts, memory "
-                 f"{c.rollout.memory}; {exp.train_layout.describe()}")
-  lines.append(f"eval: {int(exp.eval_seeds.shape[0])} held-out tasks x "
+    for game in exp.train_games:
+      label = f"{game.name} " if len(exp.train_games) > 1 else ""
+      lines.append(f"train: {label}{c.rollout.num_tasks} tasks x "
+                   f"{c.rollout.group_size} trials x {c.rollout.num_attempts} "
+                   f"attempts, memory {c.rollout.memory}; {game.layout.describe()}")
+  names = ", ".join(g.env.name for g in exp.eval_games) or exp.env.name
+  lines.append(f"eval: {names}: {int(exp.eval_seeds.shape[0])} held-out tasks x "
                f"{exp.eval_layout.num_attempts} attempts, memory "
                f"{exp.eval_layout.memory}")
   return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     python -m experiments.random_baseline --env=minesweeper --num_tasks=64
     python -m experiments.random_baseline --env=sokoban --num_tasks=10000
+    python -m experiments.random_baseline --env=rps --episodes=3 --attempts=1
 
 The floor a language model has to beat: on the held-out tasks of
 ``experiments.evaluate`` (the same seeds, so ``--num_tasks=64`` plays the
@@ -10,7 +11,10 @@ the task's initial state and draws each action uniformly from
 ``env.action_mask`` (so, like constrained decoding, it never names an action
 the mask rules out). Attempts are independent (no memory), and a trial
 stops at its first success, as in evaluation. Prints the pass@k table and
-the rest of ``evaluation.trial_metrics``.
+the rest of ``evaluation.trial_metrics``. With ``--episodes=K`` each attempt
+is an ORBIT continuous trial of K episodes (``envs_jax.continuous``) and the
+per-episode success, steps and regret of ``evaluation.episode_metrics`` are
+printed as well.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 import envs_jax
+from envs_jax.continuous import Continuous
 from experiments import common
 from lamer_jax import evaluation
 from lamer_jax.agent.trial import eval_seeds, play_trials, task_key
@@ -76,8 +81,13 @@ def random_trials(env: envs_jax.Environment, num_tasks: int, attempts: int,
     result = play_trials(env, params, init, RandomPolicy(turns),
                          jax.random.split(key, attempts), turns)
     rec = result.records
-    return evaluation.trial_metrics(result.won, result.attempt_valid, rec.reward,
-                                    rec.valid, rec.invalid)
+    metrics = evaluation.trial_metrics(result.won, result.attempt_valid,
+                                       rec.reward, rec.valid, rec.invalid)
+    if result.episodes is not None:
+      metrics.update(evaluation.episode_metrics(
+          result.episodes["solved"], result.episodes["steps"],
+          result.attempt_valid))
+    return metrics
 
   return {k: float(v) for k, v in jax.device_get(play(key)).items()}
 
@@ -87,6 +97,9 @@ def define_flags() -> types.SimpleNamespace:
       env=flags.DEFINE_string("env", "minesweeper", "Registered env name."),
       num_tasks=flags.DEFINE_integer("num_tasks", 64, "Held-out tasks."),
       attempts=flags.DEFINE_integer("attempts", 3, "Attempts per trial."),
+      episodes=flags.DEFINE_integer(
+          "episodes", 0, "0: the game as is; K: continuous trials of K "
+          "episodes (ORBIT)."),
       seed=flags.DEFINE_integer("seed", 0, "Seed of the random actions."))
 
 
@@ -96,15 +109,22 @@ def main(argv, args: types.SimpleNamespace):
     if getattr(args, name).value < 1:
       raise common.ConfigError(f"--{name} must be >= 1, got "
                                f"{getattr(args, name).value}")
+  if args.episodes.value < 0:
+    raise common.ConfigError(f"--episodes must be >= 0, got {args.episodes.value}")
   common.validate_choice("--env", args.env.value, envs_jax.registered())
   env = envs_jax.make(args.env.value)
+  if args.episodes.value:
+    env = Continuous(env, episodes=args.episodes.value)
   metrics = random_trials(env, args.num_tasks.value, args.attempts.value,
                           jax.random.key(args.seed.value))
-  print(f"uniformly random allowed actions on {args.env.value}: "
+  print(f"uniformly random allowed actions on {env.name}: "
         f"{args.num_tasks.value} held-out tasks x {args.attempts.value} attempts")
   print(evaluation.format_table(metrics))
   print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                 if not k.startswith(("pass@", "success"))))
+                 if not k.startswith(("pass@", "success", "episode_"))))
+  if args.episodes.value:
+    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                   if k.startswith("episode_")))
 
 
 if __name__ == "__main__":

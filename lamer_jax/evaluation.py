@@ -3,7 +3,8 @@
 A trial is N attempts at one task that stops at its first success, so
 ``pass@k`` (solved within the first k attempts) is LaMer's headline metric and
 the per-attempt success rates show whether later attempts improve on earlier
-ones. ``in_context_regret`` is ORBIT's cumulative regret over episodes.
+ones. ``in_context_regret`` is ORBIT's cumulative regret over episodes, and
+``episode_metrics`` its per-episode success of continuous trials.
 Attempt numbers in metric names are 1-based (``success/attempt_1`` is the first
 attempt), like the k of ``pass@k``.
 """
@@ -81,6 +82,54 @@ def trial_metrics(won: jax.Array, attempt_valid: jax.Array,
     chex.assert_equal_shape([tokens_per_turn, rewards])
     metrics["tokens_per_turn"] = _ratio(
         jnp.where(turn_valid, tokens_per_turn, 0.0).sum(), played)
+  return metrics
+
+
+def episode_metrics(solved: jax.Array, steps: jax.Array,
+                    attempt_valid: jax.Array,
+                    optimal_return: float = 1.0) -> dict[str, jax.Array]:
+  """ORBIT's metrics of continuous trials (K episodes per attempt; jittable).
+
+  Averages run over the attempts that ran (with ORBIT's one attempt per
+  trial: over trials). Episode numbers in names are 1-based.
+
+  Args:
+    solved: bool[R, N, K], episode k of the attempt was solved.
+    steps: int32[R, N, K], turns episode k took.
+    attempt_valid: bool[R, N], the attempt ran.
+    optimal_return: J*, the best return of one episode (1: reward 1 per
+      solved episode).
+
+  Returns:
+    Dict of f32 scalars:
+      ``episode_success/episode_k``: fraction of attempts whose episode k
+        was solved.
+      ``episode_steps/episode_k``: mean turns of episode k.
+      ``episode_success/any``: fraction with at least one solved episode.
+      ``episode_improvement``: success of episode K minus that of episode 1
+        (in-context learning across episodes).
+      ``regret/mean``: mean in-context regret ``K * J* - sum_e G(e)``, G(e)
+        = J* for a solved episode, 0 otherwise.
+  """
+  chex.assert_rank([solved, steps, attempt_valid], [3, 3, 2])
+  chex.assert_equal_shape([solved, steps])
+  valid = attempt_valid.reshape(-1)
+  solved = solved.reshape(valid.shape[0], -1)
+  steps = steps.reshape(valid.shape[0], -1)
+  count = valid.sum()
+  mean = lambda x: _ratio(jnp.where(valid, x, 0).sum(), count)
+  episodes = solved.shape[1]
+  metrics = {}
+  for k in range(episodes):
+    metrics[f"episode_success/episode_{k + 1}"] = mean(solved[:, k])
+  for k in range(episodes):
+    metrics[f"episode_steps/episode_{k + 1}"] = mean(steps[:, k])
+  metrics["episode_success/any"] = mean(jnp.any(solved, axis=1))
+  metrics["episode_improvement"] = (metrics[f"episode_success/episode_{episodes}"]
+                                    - metrics["episode_success/episode_1"])
+  regret = in_context_regret(jnp.where(solved, optimal_return, 0.0),
+                             optimal_return)
+  metrics["regret/mean"] = mean(regret)
   return metrics
 
 

@@ -46,6 +46,22 @@ def aggregate(values: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
   return jnp.where(has, per_row, 0.0).sum() / jnp.maximum(has.sum(), 1)
 
 
+def aggregate_count(mask: jax.Array, mode: str) -> jax.Array:
+  """f32: what ``aggregate(values, mask, mode)`` divides by: the masked tokens
+  (``"token-mean"``) or the rows holding at least one (the per-row modes).
+
+  Weighting the aggregates of several batches by their counts gives the
+  aggregate of the batches together (a multi-task loss over the union).
+  """
+  if mode not in AGGREGATIONS:
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got "
+                     f"{mode!r}")
+  if mode == "token-mean":
+    return mask.sum().astype(jnp.float32)
+  rows = mask.reshape(-1, mask.shape[-1])
+  return jnp.any(rows, axis=-1).sum().astype(jnp.float32)
+
+
 def _nonzero(coef) -> bool:
   """True for a concrete non-zero number (traced coefficients pass)."""
   return isinstance(coef, (int, float)) and coef != 0

@@ -27,6 +27,7 @@ import pytest
 import envs_jax
 from experiments import common, evaluate, plot, random_baseline, train
 from experiments.configs import base, tiny
+from experiments.configs import orbit as orbit_configs
 from lamer_jax import checkpoint, metrics, returns, storage
 from lamer_jax.algos.lamer import AlgoConfig
 
@@ -60,6 +61,9 @@ CONFIGS = (
     + [("rl", f"{env},{estimator}", f"{estimator}_{env}") for env in base.ENVS
        for estimator in ("gigpo", "grpo")]
     + [("rl", env, f"gigpo_{env}") for env in base.ENVS]
+    + [("orbit", game, f"orbit_{game}") for game in ("suite",) + orbit_configs.GAMES]
+    + [("orbit", f"{game},tiny", f"orbit_{game}_tiny")
+       for game in ("suite",) + orbit_configs.GAMES]
     + [("tiny", None, "tiny"), ("quickstart", None, "quickstart")])
 
 
@@ -81,7 +85,14 @@ def test_every_config_file_validates(name, arg, expected):
   config = get_config(name, arg)
   assert config.is_locked
   env = common.validate(config)
-  assert env.name == (arg.split(",")[0] if arg else config.env.name)
+  game = arg.split(",")[0] if arg else config.env.name
+  if game == "suite":
+    game = orbit_configs.TRAIN_GAMES[0]
+    assert common.train_games(config) == orbit_configs.TRAIN_GAMES
+    assert common.eval_games(config) == orbit_configs.GAMES
+  if config.env.episodes:
+    game = f"{game}-x{config.env.episodes}"
+  assert env.name == game
   assert config.name == expected
 
 
@@ -113,6 +124,10 @@ def test_config_file_arg_on_the_command_line():
      r"\['sokoban', 'minesweeper'\]"),
     ("rl", "sokoban,grpo,x", r"rl.py takes <env> or <env>,<estimator>.*"
      r"\['sokoban', 'minesweeper'\].*\['gigpo', 'grpo'\]"),
+    ("orbit", "sokoban", r"unknown game 'sokoban'; choose one of \['suite', 'rps'"),
+    ("orbit", "rps,huge", r"unknown variant 'huge'; choose one of "
+     r"\['smollm2', 'tiny'\]"),
+    ("orbit", "rps,tiny,x", r"orbit.py takes <game> or <game>,<variant>"),
 ])
 def test_unknown_config_arg_names_the_choices(name, arg, message):
   with pytest.raises(ValueError, match=message):
@@ -163,6 +178,36 @@ def test_unknown_key_raises_value_error_naming_valid_keys():
   config.optimizer = ml_collections.ConfigDict({"lr": 1.0})
   with pytest.raises(ValueError, match="unknown config key optimizer.*'algo'"):
     common.validate(config)
+
+
+def test_orbit_config_follows_the_paper():
+  config = get_config("orbit", "rps")
+  assert (config.method, config.env.episodes, config.rollout.group_size,
+          config.rollout.num_attempts, config.rollout.memory) == ("orbit", 3, 8, 1, "none")
+  algo = config.algo
+  assert (algo.estimator, algo.normalize_std, algo.gamma_step, algo.clip_eps,
+          algo.clip_eps_high, algo.kl_coef, algo.entropy_coef, algo.lr) == (
+              "grpo", True, 1.0, 0.2, 0.28, 0.0, 0.0, 1e-6)
+  assert config.rollout.temperature == 0.6
+  assert set(orbit_configs.GAMES) <= set(envs_jax.registered())
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"env.episodes": 3}, r"method 'orbit' plays continuous trials and only it"),
+    ({"method": "orbit"}, r"method 'orbit' plays continuous trials and only it"),
+    ({"method": "orbit", "env.episodes": 2},
+     r"method 'orbit' plays one continuous trial per row: set rollout.num_attempts=1"),
+    ({"method": "orbit", "env.episodes": -1}, r"env.episodes must be an integer >= 0"),
+    ({"env.name": "guess,guess"}, r"env.name='guess,guess' names a game twice"),
+    ({"env.name": "guess,mazee"}, r"env.name='mazee' is not valid; choose one of"),
+    ({"eval.games": "maze,"}, r"eval.games='' is not valid; choose one of"),
+    ({"eval.games": "maze", "env.params": {"reward_wrong": -1.0}},
+     r"env.overrides and env.params set one game's fields; with several games "
+     r"\(guess, maze\) leave them empty"),
+])
+def test_invalid_game_configs(changes, message):
+  with pytest.raises(ValueError, match=message):
+    common.validate(small_config(**changes))
 
 
 @pytest.mark.parametrize("key,value,message", [

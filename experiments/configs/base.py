@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-METHODS = ("lamer", "rl", "zero_shot", "reflexion")
+METHODS = ("lamer", "rl", "orbit", "zero_shot", "reflexion")
 
 # Per-game values every method shares, as dotted keys of ``get_config()``.
 # Mini-batches hold about 64 turn-samples (LaMer's PPO mini-batch) of the 384
@@ -51,9 +51,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = "lamer"           # one of METHODS
 
   config.env = ml_collections.ConfigDict()
+  # A registered game, or a comma-separated mix of them ("rps,hangman"):
+  # a mix trains on rollout.num_tasks tasks of every game in one compiled
+  # step (lamer_jax.algos.lamer.make_mix_train_step).
   config.env.name = "sokoban"
   config.env.overrides = ml_collections.ConfigDict()   # static game fields
   config.env.params = ml_collections.ConfigDict()      # parameter pytree fields
+  # 0: the game as it is (an attempt is one episode: LaMer, RL, prompting).
+  # K >= 1: ORBIT's continuous trial, K episodes of the same task in one
+  # context (envs_jax.continuous; method "orbit").
+  config.env.episodes = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "smollm2-135m"
@@ -141,6 +148,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.temperature = 0.7
   config.eval.top_p = 0.8
   config.eval.top_k = 20
+  # The games evaluated, comma-separated ("maze,mastermind": ORBIT's held-out
+  # games); "": the training games (env.name). Several games are reported
+  # per game ("<game>/pass@1", ...).
+  config.eval.games = ""
 
   config.lock()
   return config

@@ -156,6 +156,8 @@ class TrialResult:
   won: jax.Array          # bool[R, N]
   attempt_valid: jax.Array  # bool[R, N] the attempt ran
   outputs: Any            # the policy's attempt outputs
+  episodes: Any           # env.episode_outcomes of each attempt's final
+                          # state, [R, N, ...] (None: one episode an attempt)
 
 
 def play_trials(env: Environment, env_params: Any, init_state: Any,
@@ -204,15 +206,18 @@ def play_trials(env: Environment, env_params: Any, init_state: Any,
     memory, aout = policy.end_attempt(tc.policy, aux, carry.memory, index,
                                       attempt_on, won, records, outs, akey)
     over = carry.over | won | (index >= num_attempts - 1)
-    return TrialCarry(over=over, memory=memory), (records, won, attempt_on, aout)
+    episodes = jax.vmap(env.episode_outcomes)(tc.state)
+    return TrialCarry(over=over, memory=memory), (records, won, attempt_on, aout,
+                                                  episodes)
 
   carry = TrialCarry(over=jnp.zeros((rows,), jnp.bool_),
                      memory=policy.empty_memory(rows))
-  _, (records, won, valid, outs) = jax.lax.scan(
+  _, (records, won, valid, outs, episodes) = jax.lax.scan(
       attempt, carry, (jnp.arange(num_attempts), attempt_keys))
   move = lambda x: jnp.swapaxes(x, 0, 1)   # [N, R, ...] -> [R, N, ...]
   return TrialResult(records=jax.tree.map(move, records), won=move(won),
-                     attempt_valid=move(valid), outputs=jax.tree.map(move, outs))
+                     attempt_valid=move(valid), outputs=jax.tree.map(move, outs),
+                     episodes=jax.tree.map(move, episodes))
 
 
 # ---- the language-model policy ------------------------------------------------------
@@ -251,6 +256,9 @@ class Trajectory:
     rewards: float32[R, N, T]; turn_valid, invalid: bool[R, N, T].
     state_keys: uint32[R, N, T] anchor-state id before each turn (GiGPO).
     won, attempt_valid, reflected: bool[R, N].
+    episodes: per-episode outcomes of each attempt (``Environment.
+      episode_outcomes``: ``solved`` bool[R, N, K], ``steps`` int32[R, N, K]
+      for a continuous trial), or None for one-episode attempts.
   """
 
   tokens: jax.Array
@@ -268,6 +276,7 @@ class Trajectory:
   won: jax.Array
   attempt_valid: jax.Array
   reflected: jax.Array
+  episodes: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -420,4 +429,5 @@ def rollout(params: llama.Params, key: jax.Array, env_params: Any, *,
   return Trajectory(actions=rec.action, action_allowed=rec.allowed,
                     rewards=rec.reward, turn_valid=rec.valid, invalid=rec.invalid,
                     state_keys=rec.state_key, won=result.won,
-                    attempt_valid=result.attempt_valid, **result.outputs)
+                    attempt_valid=result.attempt_valid, episodes=result.episodes,
+                    **result.outputs)

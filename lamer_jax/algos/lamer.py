@@ -101,7 +101,8 @@ def init_train_state(params, algo: AlgoConfig, key: jax.Array) -> TrainState:
 
 
 def trajectory_metrics(traj: Trajectory) -> dict[str, jax.Array]:
-  """pass@k, per-attempt success, returns and behaviour statistics."""
+  """pass@k, per-attempt success, returns and behaviour statistics; with
+  continuous trials, also success and steps per episode and the regret."""
   tokens_per_turn = None
   metrics = evaluation.trial_metrics(traj.won, traj.attempt_valid, traj.rewards,
                                      traj.turn_valid, traj.invalid, tokens_per_turn)
@@ -110,7 +111,36 @@ def trajectory_metrics(traj: Trajectory) -> dict[str, jax.Array]:
   metrics["reflection_tokens/mean"] = jnp.where(
       traj.reflected, refl_tokens, 0).sum() / jnp.maximum(traj.reflected.sum(), 1)
   metrics["generated_tokens"] = traj.loss_mask.sum().astype(jnp.float32)
+  if traj.episodes is not None:    # continuous trials (ORBIT)
+    metrics.update(evaluation.episode_metrics(
+        traj.episodes["solved"], traj.episodes["steps"], traj.attempt_valid))
   return metrics
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Game:
+  """One game of a (multi-task) train step: its own trials and row layout.
+
+  Attributes:
+    env: the game.
+    layout: its trials' shape (B x G x N x T) and row layout (its own
+      instructions, observation width and context length).
+    env_params: its parameters (None: ``env.default_params``).
+    name: prefix of its metrics in a mix (``"<name>/pass@1"``, ...).
+  """
+
+  env: Environment
+  layout: ContextLayout
+  env_params: Any = None
+  name: str = ""
+
+  @property
+  def params(self) -> Any:
+    return self.env.default_params if self.env_params is None else self.env_params
+
+  @property
+  def rows(self) -> int:
+    return self.layout.shape.num_attempt_rows
 
 
 def make_train_step(env: Environment, mcfg: llama.ModelConfig,
@@ -119,7 +149,7 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
                     jit: bool = True, mesh: jax.sharding.Mesh | None = None,
                     ) -> Callable[[TrainState], tuple[TrainState, dict]]:
   """Builds ``train_step(state) -> (state, metrics)``: one whole LaMer iteration
-  on ``layout.shape`` trials.
+  on ``layout.shape`` trials of ``env``.
 
   ``mesh`` (optional, ``lamer_jax.sharding.make_mesh``) splits the rollout rows
   and the training minibatches over the mesh's ("data", "fsdp") axes and, when
@@ -131,42 +161,93 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
     ValueError: the attempt rows do not split into the minibatches, or (with a
       mesh) the rows or minibatch rows do not split over data x fsdp.
   """
-  env_params = env.default_params if env_params is None else env_params
-  opt = make_optimizer(algo)
-  rows = layout.shape.num_attempt_rows
-  if rows % algo.num_minibatches:
-    raise ValueError(f"{rows} attempt rows (tasks x group x attempts) do not split "
-                     f"into {algo.num_minibatches} minibatches")
-  mb_rows = rows // algo.num_minibatches
-  if mesh is not None:
-    sharding.check_rows(layout.shape.num_rows, mesh)
-    sharding.check_rows(mb_rows, mesh, "minibatch rows")
-  slots = layout.loss_slot_kinds(algo.train_reflection)[0]
-  temperature = rollout_cfg.temperature
+  return make_mix_train_step((Game(env, layout, env_params),), mcfg, rollout_cfg,
+                             algo, jit=jit, mesh=mesh)
 
-  def loss_fn(params, ref_params, mb):
-    logp, ent = row_logprobs(params, mcfg, layout, mb, temperature,
+
+def _weighted(values: list[dict[str, jax.Array]], weights: list[jax.Array]
+              ) -> dict[str, jax.Array]:
+  """The weighted mean of dicts of scalars with the same keys."""
+  total = jnp.maximum(sum(weights), 1.0)
+  return {k: sum(w * v[k] for v, w in zip(values, weights)) / total
+          for k in values[0]}
+
+
+def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
+                        rollout_cfg: RolloutConfig, algo: AlgoConfig,
+                        jit: bool = True, mesh: jax.sharding.Mesh | None = None,
+                        ) -> Callable[[TrainState], tuple[TrainState, dict]]:
+  """``make_train_step`` over a mix of games, compiled as ONE program.
+
+  Every game plays its own sub-batch of trials with its own layout (so no
+  game pays for another's observation width, context length or candidate
+  table), gets its own group advantages, and is split into the same number
+  of minibatches; minibatch m of the update holds minibatch m of every game,
+  and its loss is the one the loss aggregation would give over the union of
+  their tokens (each game's aggregate weighted by its token count, or row
+  count for the per-row modes: ``losses.aggregate_count``). Trajectory
+  metrics are reported per game under ``"<name>/..."``; loss metrics are the
+  mix's. A mix of one game is exactly ``make_train_step``.
+
+  Raises:
+    ValueError: no games, duplicate or missing names in a mix, or a game's
+      attempt rows do not split into the minibatches (or over the mesh).
+  """
+  games = tuple(games)
+  if not games:
+    raise ValueError("make_mix_train_step needs at least one game")
+  single = len(games) == 1
+  names = [g.name for g in games]
+  if not single and (len(set(names)) != len(names) or not all(names)):
+    raise ValueError(f"the games of a mix need distinct non-empty names, got {names}")
+  opt = make_optimizer(algo)
+  mb_rows = []
+  for g in games:
+    if g.rows % algo.num_minibatches:
+      raise ValueError(f"{g.rows} attempt rows (tasks x group x attempts) "
+                       f"{'' if single else f'of {g.name} '}do not split into "
+                       f"{algo.num_minibatches} minibatches")
+    mb_rows.append(g.rows // algo.num_minibatches)
+    if mesh is not None:
+      sharding.check_rows(g.layout.shape.num_rows, mesh)
+      sharding.check_rows(mb_rows[-1], mesh, "minibatch rows")
+  slots = [g.layout.loss_slot_kinds(algo.train_reflection)[0] for g in games]
+  temperature = rollout_cfg.temperature
+  # Game i's PRNG streams: the step's own keys for a single game (the
+  # single-game step is unchanged), folded with i in a mix.
+  stream = (lambda k, i: k) if single else jax.random.fold_in
+
+  def game_loss(params, ref_params, game, mb):
+    logp, ent = row_logprobs(params, mcfg, game.layout, mb, temperature,
                              algo.train_reflection)
     logp_ref = None
     if algo.kl_coef > 0:
-      logp_ref, _ = row_logprobs(ref_params, mcfg, layout, mb, temperature,
+      logp_ref, _ = row_logprobs(ref_params, mcfg, game.layout, mb, temperature,
                                  algo.train_reflection)
       logp_ref = jax.lax.stop_gradient(logp_ref)
-    loss, metrics = losses.ppo_policy_loss(
+    return losses.ppo_policy_loss(
         logp, mb["logp_old"], mb["advantages"], mb["loss_mask"],
         clip_eps=algo.clip_eps, clip_eps_high=algo.clip_eps_high,
         dual_clip=algo.dual_clip, aggregation=algo.aggregation, entropy=ent,
         entropy_coef=algo.entropy_coef, logp_ref=logp_ref, kl_coef=algo.kl_coef)
-    return loss, metrics
 
-  def minibatch_update(carry, idx, data, ref_params):
+  def loss_fn(params, ref_params, mbs):
+    if single:
+      return game_loss(params, ref_params, games[0], mbs[0])
+    parts = [game_loss(params, ref_params, g, mb) for g, mb in zip(games, mbs)]
+    weights = [losses.aggregate_count(mb["loss_mask"], algo.aggregation)
+               for mb in mbs]
+    loss = _weighted([{"loss": loss} for loss, _ in parts], weights)["loss"]
+    return loss, _weighted([m for _, m in parts], weights)
+
+  def minibatch_update(carry, idxs, datas, ref_params):
     params, opt_state = carry
-    mb = jax.tree.map(lambda x: x[idx], data)
+    mbs = [jax.tree.map(lambda x: x[idx], data) for idx, data in zip(idxs, datas)]
     # [sharding] each device runs forward/backward on its share of the
     # minibatch; the compiler all-reduces the gradients. No-op without mesh.
-    mb = sharding.constrain_rows(mb, mesh)
+    mbs = sharding.constrain_rows(mbs, mesh)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, ref_params, mb)
+        params, ref_params, mbs)
     updates, new_opt_state = opt.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -181,50 +262,64 @@ def make_train_step(env: Environment, mcfg: llama.ModelConfig,
     metrics["skipped"] = (~finite).astype(jnp.float32)
     return (params, opt_state), metrics
 
-  def train_step(state: TrainState):
-    key, k_task, k_roll, k_perm = jax.random.split(state.key, 4)
+  def collect(params, i, game, k_task, k_roll):
+    """COLLECT, RETURNS and ADVANTAGES of game i: (update data, metrics)."""
     # ---- COLLECT: B x G trials of N attempts on fresh training tasks.
-    seeds = task_seeds(k_task, layout.shape.num_tasks)
-    traj = rollout(state.params, k_roll, env_params, env=env, mcfg=mcfg,
-                   layout=layout, cfg=rollout_cfg, task_seeds=seeds, mesh=mesh)
+    seeds = task_seeds(stream(k_task, i), game.layout.shape.num_tasks)
+    traj = rollout(params, stream(k_roll, i), game.params, env=game.env,
+                   mcfg=mcfg, layout=game.layout, cfg=rollout_cfg,
+                   task_seeds=seeds, mesh=mesh)
     # ---- RETURNS and ADVANTAGES: cross-episode returns, GRPO / GiGPO.
     adv = returns.lamer_advantages(
         traj.rewards, traj.turn_valid, traj.attempt_valid, traj.state_keys,
-        group_size=layout.shape.group_size, gamma_step=algo.gamma_step,
+        group_size=game.layout.shape.group_size, gamma_step=algo.gamma_step,
         gamma_traj=algo.gamma_traj, estimator=algo.estimator,
         normalize_std=algo.normalize_std, step_weight=algo.step_weight)
     tok_adv = returns.broadcast_to_tokens(adv.turn, adv.reflection,
                                           traj.token_turn_ids)
-    flat = lambda x: x.reshape((rows,) + x.shape[2:])
+    flat = lambda x: x.reshape((game.rows,) + x.shape[2:])
     data = {
         "tokens": flat(traj.tokens), "positions": flat(traj.positions),
         "token_mask": flat(traj.token_mask),
         "action_allowed": flat(traj.action_allowed),
-        "loss_mask": flat(traj.loss_mask)[:, slots],
-        "logp_old": flat(traj.logp_old)[:, slots],
-        "advantages": flat(tok_adv)[:, slots],
+        "loss_mask": flat(traj.loss_mask)[:, slots[i]],
+        "logp_old": flat(traj.logp_old)[:, slots[i]],
+        "advantages": flat(tok_adv)[:, slots[i]],
     }
     data = sharding.constrain_rows(data, mesh)  # [sharding] no-op without mesh
+    return data, trajectory_metrics(traj)
 
-    # ---- UPDATE: PPO epochs over shuffled minibatches of attempt rows.
+  def train_step(state: TrainState):
+    key, k_task, k_roll, k_perm = jax.random.split(state.key, 4)
+    datas, metrics = [], {}
+    for i, game in enumerate(games):
+      data, game_metrics = collect(state.params, i, game, k_task, k_roll)
+      datas.append(data)
+      prefix = "" if single else f"{game.name}/"
+      metrics.update({prefix + k: v for k, v in game_metrics.items()})
+
+    # ---- UPDATE: PPO epochs over shuffled minibatches of attempt rows (in a
+    # mix, minibatch m holds minibatch m of every game).
     def epoch(carry, ekey):
-      perm = jax.random.permutation(ekey, rows).reshape(algo.num_minibatches,
-                                                          mb_rows)
+      perms = tuple(
+          jax.random.permutation(stream(ekey, i), g.rows).reshape(
+              algo.num_minibatches, mb)
+          for i, (g, mb) in enumerate(zip(games, mb_rows)))
       return jax.lax.scan(
-          lambda c, idx: minibatch_update(c, idx, data, state.ref_params),
-          carry, perm)
+          lambda c, idxs: minibatch_update(c, idxs, datas, state.ref_params),
+          carry, perms)
 
     (params, opt_state), loss_metrics = jax.lax.scan(
         epoch, (state.params, state.opt_state),
         jax.random.split(k_perm, algo.ppo_epochs))
-    metrics = trajectory_metrics(traj)
     skipped = loss_metrics.pop("skipped")
     metrics["nonfinite/skipped_updates"] = skipped.sum()
     metrics["nonfinite/updates"] = jnp.asarray(skipped.size, jnp.float32)
     # First minibatch of the first epoch is on-policy: its ratio should be 1.
     metrics.update({f"loss/{k}": v[0, 0] for k, v in loss_metrics.items()})
     metrics["advantage/abs_mean"] = (
-        jnp.abs(data["advantages"]).sum() / jnp.maximum(data["loss_mask"].sum(), 1))
+        sum(jnp.abs(d["advantages"]).sum() for d in datas)
+        / jnp.maximum(sum(d["loss_mask"].sum() for d in datas), 1))
     new_state = TrainState(params=params, opt_state=opt_state,
                            ref_params=state.ref_params, step=state.step + 1, key=key)
     return new_state, metrics
