@@ -128,9 +128,12 @@ def test_static_description():
   # Prefix-free as strings (so as token sequences too).
   for a, b in itertools.permutations(ENV.action_strings, 2):
     assert not b.startswith(a), (a, b)
-  assert ENV.max_symbols == len(ENV.symbol_slots) == 3 * 3 + 7 + 7 + 2 * 4 + 98
+  assert ENV.max_symbols == len(ENV.symbol_slots) == 3 + 3 + 7 + 7 + 2 + 4 * 4
   assert len(set(ENV.symbols)) == len(ENV.symbols)
   assert "hit 07" in ENV.instructions and "stand" in ENV.instructions
+  assert "slots 00 to 47" in ENV.instructions
+  assert "Each slot can be drawn once" in ENV.instructions
+  assert "'Drawn: 07:10 21:3'" in ENV.instructions
   assert ENV.instructions.rstrip().endswith("or stand.")
   assert len(blackjack.DEALER_PAIRS) == 924
   for bad in (0, 49):
@@ -142,11 +145,22 @@ def test_initial_observation():
   deck = make_deck([10, 7], [10, 6])
   state = _from_deck(jnp.asarray(deck))
   assert text(state) == (
-      "Turns taken: 0 of 4\nLast action: none\nStatus: in play\n"
-      "Dealer (?): 10, ?\nYour hand (16): 10, 6\n"
-      "Deck (index:value, ?=hidden, drawn=revealed): "
-      + " ".join(f"{i:02d}:?" for i in range(48)) + "\n")
+      "Turns taken: 0 of 4\nStatus: in play\n"
+      "Dealer (?): 10, ?\nYour hand (16): 10, 6\nDrawn: none\n")
   assert np.asarray(ENV.action_mask(state, PARAMS)).all()
+
+
+def test_drawn_cards_are_listed_with_their_slots_in_draw_order():
+  deck = make_deck([10, 7], [2, 2], [3, 1, 4, 10, 5])
+  steps = play(deck, [4, 3, 1])
+  assert text(steps[0][0]) == (
+      "Turns taken: 1 of 4\nStatus: in play\n"
+      "Dealer (?): 10, ?\nYour hand (9): 2, 2, 5\nDrawn: 04:5\n")
+  assert text(steps[2][0]) == (
+      "Turns taken: 3 of 4\nStatus: in play\nDealer (?): 10, ?\n"
+      "Your hand (20): 2, 2, 5, 10, A\nDrawn: 04:5 03:10 01:A\n")
+  mask = np.asarray(ENV.action_mask(steps[2][0], PARAMS))
+  assert np.flatnonzero(~mask).tolist() == [1, 3, 4]
 
 
 # ---- totals --------------------------------------------------------------
@@ -187,7 +201,8 @@ def test_standing_above_the_dealer_wins():
   assert not bool(ts.truncated) and not bool(ts.invalid) and int(ts.steps) == 1
   t = text(state)
   assert "Status: you stood above the dealer: you win\n" in t
-  assert "Dealer (18): 10, 8\n" in t and "Last action: stand\n" in t
+  assert "Dealer (18): 10, 8\n" in t and t.endswith("Drawn: none\n")
+  assert int(state.last_action) == STAND
 
 
 def test_a_tie_or_less_loses():
@@ -227,7 +242,7 @@ def test_soft_ace_becomes_hard_instead_of_busting():
   assert "Your hand (21): A, 5, 10, 5\n" in text(steps[1][0])
   state, ts = steps[2]
   assert bool(ts.won) and float(ts.reward) == 1.0
-  assert " 01:5 " in text(state) and " 03:10 " in text(state) and " 00:? " in text(state)
+  assert text(state).endswith("Your hand (21): A, 5, 10, 5\nDrawn: 03:10 01:5\n")
 
 
 def test_hitting_a_drawn_slot_stands():
@@ -238,7 +253,9 @@ def test_hitting_a_drawn_slot_stands():
   mask = np.asarray(ENV.action_mask(s0, PARAMS))
   assert not mask[0] and mask[1:].all()
   assert bool(ts1.invalid) and bool(ts1.done) and bool(ts1.won)   # 19 > 17
-  assert "Last action: stand\n" in text(s1)
+  assert int(s1.last_action) == STAND
+  assert "Status: you stood above the dealer: you win\n" in text(s1)
+  assert text(s1).endswith("Drawn: 00:8\n")      # the slot is listed once
   # An index outside the table stands too.
   (s2, ts2), = play(deck, [99])
   assert bool(ts2.invalid) and bool(ts2.done) and not bool(ts2.won)
@@ -307,9 +324,20 @@ def test_renderings_follow_the_symbol_slots():
   for p, allowed in enumerate(slots):
     seen = set(np.unique(symbols[:, p]).tolist()) - {-1}
     assert seen <= set(allowed), (p, seen - set(allowed))
-  # Only the hand's drawn cards may be missing.
-  hand = range(22, 22 + 2 * ENV.max_turns)
-  assert (symbols[:, [p for p in range(len(slots)) if p not in hand]] >= 0).all()
+  # Only the drawn cards, in the hand and in the drawn list, may be missing:
+  # the hand's (", ", card) pairs after the first two cards, and the list's
+  # cards and its labels after the first (which says " none" before a hit).
+  t = ENV.max_turns
+  hand = range(19, 19 + 2 * t)
+  drawn = range(22 + 2 * t, 21 + 4 * t)
+  assert (symbols[:, [p for p in range(len(slots))
+                      if p not in hand and p not in drawn]] >= 0).all()
+  made = symbols[:, hand][:, 1::2] >= 0
+  assert (symbols[:, hand][:, ::2] >= 0).tolist() == made.tolist()
+  assert (symbols[:, drawn][:, ::2] >= 0).tolist() == made.tolist()
+  assert (symbols[:, drawn][:, 1::2] >= 0).tolist() == made[:, 1:].tolist()
+  none = symbols[:, 21 + 2 * t] == ENV.symbols.index(" none")
+  assert none.tolist() == (~made[:, 0]).tolist() and none.any() and made.all(1).any()
   # The codec sizes its buffer by the slots: every rendering's tokens (a
   # byte-level tokenizer's, the tiny models') fit, and decode to its text.
   codec = TextCodec.for_env(ByteTokenizer(), ENV)

@@ -12,6 +12,7 @@ import pytest
 
 import envs_jax
 from envs_jax import words as words_module
+from envs_jax.continuous import Continuous
 from envs_jax.games import hangman as hangman_module
 from envs_jax.games.hangman import Hangman
 from envs_jax.reference.hangman import ALPHABET, PyHangman
@@ -106,14 +107,28 @@ def _index(tree, *i):
 
 def _play_word(w: str, actions, env: Hangman = ENV):
   """Steps through ``actions`` from a fresh attempt at ``w``; (state, ts list)."""
+  state, out, _ = _play_and_render(w, actions, env)
+  return state, out
+
+
+def _observations(w: str, actions, env: Hangman = ENV) -> list[str]:
+  """The observation after each action; checks that both renderings agree."""
+  return _play_and_render(w, actions, env)[2]
+
+
+def _play_and_render(w: str, actions, env: Hangman = ENV):
   initial, step = (_initial, _step) if env is ENV else (
       jax.jit(env.initial_state), jax.jit(env.step))
+  params = env.default_params
   state = initial(jnp.int32(env.words.index(w)))
-  out = []
+  out, texts = [], []
   for a in actions:
-    state, ts = step(KEY, state, jnp.int32(a), env.default_params)
+    state, ts = step(KEY, state, jnp.int32(a), params)
     out.append(jax.device_get(ts))
-  return state, out
+    text = env.render_text(state, params)
+    assert env.symbols_to_text(env.render_symbols(state, params)) == text
+    texts.append(text)
+  return state, out, texts
 
 
 # ---- the word lists ------------------------------------------------------------
@@ -169,7 +184,9 @@ def test_static_description():
   assert not [(a, b) for a in strings for b in strings if a != b and b.startswith(a)]
   assert "letter e" in ENV.instructions and "word" in ENV.instructions
   assert "10 turns" in ENV.instructions
-  assert ENV.max_symbols == len(ENV.symbol_slots) == 63
+  assert "earlier guesses stay above" in ENV.instructions
+  # The note, "Word:", 3 cells, "\n", turns left (3).
+  assert ENV.max_symbols == len(ENV.symbol_slots) == 1 + 1 + 3 + 1 + 3
   with pytest.raises(ValueError, match="max_turns"):
     Hangman(max_turns=0)
   with pytest.raises(FileNotFoundError, match="make_wordlists"):
@@ -179,8 +196,9 @@ def test_static_description():
 
 def test_initial_observation():
   state, ts = jax.jit(ENV.reset)(jax.random.key(1), PARAMS)
-  assert ENV.render_text(state, PARAMS) == (
-      "Word: _ _ _\nLetters guessed: none\nWords guessed: none\nTurns left: 10\n")
+  assert ENV.render_text(state, PARAMS) == "Word: _ _ _\nTurns left: 10\n"
+  assert ENV.symbols_to_text(ENV.render_symbols(state, PARAMS)) == (
+      "Word: _ _ _\nTurns left: 10\n")
   assert float(ts.reward) == 0.0 and not bool(ts.done) and int(ts.steps) == 0
   assert np.asarray(ENV.action_mask(state, PARAMS)).all()
 
@@ -197,17 +215,15 @@ def test_initial_observation():
 ])
 def test_a_letter_reveals_every_position_it_holds(w, guess, shown):
   state, (ts,) = _play_word(w, [letter(guess)])
-  text = ENV.render_text(state, PARAMS)
-  assert text.startswith(f"Word: {shown}\nLetters guessed: {guess}\n")
+  note = "In the word.\n" if guess in w else "Not in the word.\n"
+  assert ENV.render_text(state, PARAMS) == f"{note}Word: {shown}\nTurns left: 9\n"
   assert not ts.invalid and not ts.done and float(ts.reward) == 0.0
-  assert "Turns left: 9" in text
 
 
 def test_the_docstring_example():
   state, _ = _play_word("hat", [letter("e"), letter("a"), letter("t"), word("cab")])
   text = ENV.render_text(state, PARAMS)
-  assert text == ("Word: _ a t\nLetters guessed: a e t\nWords guessed: cab\n"
-                  "Turns left: 6\n")
+  assert text == "Wrong word.\nWord: _ a t\nTurns left: 6\n"
   assert "    " + text.replace("\n", "\n    ").rstrip() in hangman_module.__doc__
 
 
@@ -218,31 +234,40 @@ def test_revealing_every_letter_does_not_win_naming_the_word_does():
   assert (tss[2].done, tss[2].won, tss[2].truncated, float(tss[2].reward)) == (
       True, True, False, 1.0)
   assert ENV.render_text(state, PARAMS) == (
-      "Word: e y e\nLetters guessed: e y\nWords guessed: none\nTurns left: 7\n"
-      "You guessed the word!\n")
+      "You guessed the word!\nWord: e y e\nTurns left: 7\n")
   # The word can be named straight away, too; the win shows it whole.
   state, (ts,) = _play_word("cat", [word("cat")])
   assert ts.won and float(ts.reward) == 1.0 and int(ts.steps) == 1
-  assert ENV.render_text(state, PARAMS).startswith("Word: c a t\n")
-
-
-def test_wrong_words_are_listed_and_repeats_waste_the_turn():
-  state, tss = _play_word("cat", [word("dog"), letter("a"), word("top"), word("dog"),
-                                  letter("a")])
-  assert [bool(t.invalid) for t in tss] == [False, False, False, True, True]
-  assert not any(bool(t.done) for t in tss) and int(tss[-1].steps) == 5
   assert ENV.render_text(state, PARAMS) == (
-      "Word: _ a _\nLetters guessed: a\nWords guessed: dog top\nTurns left: 5\n")
+      "You guessed the word!\nWord: c a t\nTurns left: 9\n")
+
+
+def test_wrong_words_and_repeats_waste_the_turn():
+  actions = [word("dog"), letter("a"), word("top"), word("dog"), letter("a"),
+             letter("z")]
+  state, tss = _play_word("cat", actions)
+  assert [bool(t.invalid) for t in tss] == [False, False, False, True, True, False]
+  assert not any(bool(t.done) for t in tss) and int(tss[-1].steps) == 6
+  # Only the latest guess's effect: the transcript holds the earlier ones.
+  assert _observations("cat", actions) == [
+      "Wrong word.\nWord: _ _ _\nTurns left: 9\n",
+      "In the word.\nWord: _ a _\nTurns left: 8\n",
+      "Wrong word.\nWord: _ a _\nTurns left: 7\n",
+      "Already guessed.\nWord: _ a _\nTurns left: 6\n",
+      "Already guessed.\nWord: _ a _\nTurns left: 5\n",
+      "Not in the word.\nWord: _ a _\nTurns left: 4\n"]
   mask = np.asarray(ENV.action_mask(state, PARAMS))
   assert not mask[letter("a")] and not mask[word("dog")] and not mask[word("top")]
-  assert mask.sum() == ENV.num_actions - 3 and mask[word("cat")]
+  assert not mask[letter("z")]
+  assert mask.sum() == ENV.num_actions - 4 and mask[word("cat")]
 
 
 @pytest.mark.parametrize("action", [-1, ENV.num_actions, 10_000])
 def test_out_of_range_actions_waste_the_turn(action):
   state, (ts,) = _play_word("cat", [action])
   assert ts.invalid and int(ts.steps) == 1 and not ts.done
-  assert ENV.render_text(state, PARAMS).endswith("Words guessed: none\nTurns left: 9\n")
+  assert ENV.render_text(state, PARAMS) == (
+      "Not a valid guess.\nWord: _ _ _\nTurns left: 9\n")
 
 
 def test_turn_limit_truncates_and_the_attempt_stays_over():
@@ -255,24 +280,42 @@ def test_turn_limit_truncates_and_the_attempt_stays_over():
   after = tss[10]
   assert (after.done, after.won, after.truncated, float(after.reward),
           bool(after.invalid), int(after.steps)) == (True, False, True, 0.0, False, 10)
-  assert ENV.render_text(state, PARAMS).startswith("Word: _ _ _\n")   # never shown
-  assert "Turns left: 0\n" in ENV.render_text(state, PARAMS)
+  # The word is never shown; the rendering is that of the tenth turn.
+  assert ENV.render_text(state, PARAMS) == (
+      "Not in the word.\nWord: _ _ _\nTurns left: 0\n")
 
 
 def test_a_win_on_the_last_turn_counts():
   state, tss = _play_word("cat", [letter(c) for c in "bdefghijk"] + [word("cat")])
   last = tss[-1]
   assert (last.done, last.won, last.truncated, float(last.reward)) == (True, True, False, 1.0)
-  assert "Turns left: 0\nYou guessed the word!\n" in ENV.render_text(state, PARAMS)
+  assert ENV.render_text(state, PARAMS) == (
+      "You guessed the word!\nWord: c a t\nTurns left: 0\n")
 
 
-def test_letter_list_holds_every_letter_of_a_long_attempt():
+def test_a_long_attempt_guesses_every_letter():
   env = Hangman(max_turns=30)
+  texts = _observations("fox", [letter(c) for c in ALPHABET[::-1]], env)
+  assert texts[0] == "Not in the word.\nWord: _ _ _\nTurns left: 29\n"      # z
+  assert texts[2] == "In the word.\nWord: _ _ x\nTurns left: 27\n"          # x
+  assert texts[-1] == "Not in the word.\nWord: f o x\nTurns left: 4\n"      # a
   state, tss = _play_word("fox", [letter(c) for c in ALPHABET[::-1]], env)
-  text = env.render_text(state, env.default_params)
-  assert text.startswith(f"Word: f o x\nLetters guessed: {' '.join(ALPHABET)}\n")
-  assert env.symbols_to_text(env.render_symbols(state, env.default_params)) == text
   assert not any(bool(t.done) for t in tss) and int(tss[-1].steps) == 26
+  assert not np.asarray(env.action_mask(state, env.default_params))[:26].any()
+
+
+def test_a_continuous_trial_shows_the_last_guess_at_the_episode_boundary():
+  env = Continuous(ENV, episodes=3)
+  cat = ENV.initial_state(jnp.int32(WORDS.index("cat")))
+  state, _ = env.reset(KEY, PARAMS)
+  state = state.replace(game=cat, initial=cat, last=cat)
+  for a in [letter("a"), word("cat")]:
+    state, ts = env.step(KEY, state, jnp.int32(a), PARAMS)
+  assert float(ts.reward) == 1.0 and int(state.episode) == 1
+  text = env.render_text(state, PARAMS)
+  assert text == ("You guessed the word!\nWord: c a t\nTurns left: 8\nResult: solved.\n"
+                  "[Episode 2] New episode begins.\nWord: _ _ _\nTurns left: 10\n")
+  assert env.symbols_to_text(env.render_symbols(state, PARAMS)) == text
 
 
 # ---- random play against the reference -----------------------------------------
@@ -280,7 +323,8 @@ def test_letter_list_holds_every_letter_of_a_long_attempt():
 def test_matches_python_reference_on_random_play():
   initial, init_views, actions, states, steps, views = _played(2)
   symbols, masks, _ = views
-  outcomes = {"won": 0, "truncated": 0, "invalid": 0, "all shown": 0}
+  outcomes = {"won": 0, "truncated": 0, "invalid": 0, "all shown": 0,
+              **{note: 0 for note in hangman_module.NOTES}}
   for b in range(BATCH):
     ref = PyHangman(WORDS, ENV.max_turns)
     text = ref.reset(WORDS[int(initial.word[b])])
@@ -297,11 +341,14 @@ def test_matches_python_reference_on_random_play():
       assert ENV.symbols_to_text(symbols[b, t]) == text
       assert masks[b, t].tolist() == ref.legal()
       outcomes["invalid"] += invalid
-      outcomes["all shown"] += not done and "_" not in text.splitlines()[0]
+      word_line = next(line for line in text.splitlines() if line.startswith("Word:"))
+      outcomes["all shown"] += not done and "_" not in word_line
+      for note in hangman_module.NOTES:
+        outcomes[note] += text.startswith(note)
     outcomes["won"] += ref.won
     outcomes["truncated"] += ref.truncated
-  # Random play meets every case: wins, time-outs, wasted turns, and words
-  # revealed in full by letters without a win.
+  # Random play meets every case: wins, time-outs, wasted turns, words
+  # revealed in full by letters without a win, and every note.
   assert all(v > 10 for v in outcomes.values()), outcomes
   assert outcomes["won"] + outcomes["truncated"] == BATCH
 
@@ -317,20 +364,33 @@ def test_renderings_follow_the_symbol_slots():
   for i in range(len(symbols[::40])):
     one = jax.tree.map(lambda x: x[i], buffers)
     assert codec.decode(one) == ENV.symbols_to_text(symbols[::40][i])
-  # The slot-sized buffer: 3 letters, 10 of each list, far below 63 x 22.
-  assert int(buffers.length.max()) <= codec.max_tokens < 200
+  # The slot-sized buffer, in bytes: the longest note, "You guessed the
+  # word!\n" (22), "Word:" and three cells " a" and "\n" (5 + 6 + 1), and
+  # "Turns left: 10\n" (15).
+  assert int(buffers.length.max()) <= codec.max_tokens == 22 + 12 + 15
 
 
 def test_state_key_hashes_what_is_observable():
-  _, _, _, _, _, views = _played(4)
+  _, init_views, actions, _, _, views = _played(4)
   symbols, _, keys = views
   assert keys.dtype == np.uint32
-  by_text: dict[str, set[int]] = {}
+  # The key is a function of what the attempt has shown (its transcript:
+  # every observation so far and the actions between them) and determines
+  # the latest observation; attempts whose latest observations agree but
+  # whose earlier guesses differ get different keys.
+  by_transcript: dict[tuple, set[int]] = {}
+  by_key: dict[int, set[str]] = {}
   for b in range(BATCH):
+    seen = (ENV.symbols_to_text(init_views[0][b]),)
     for t in range(TURNS):
-      by_text.setdefault(ENV.symbols_to_text(symbols[b, t]), set()).add(int(keys[b, t]))
-  assert all(len(k) == 1 for k in by_text.values())
-  assert len({next(iter(k)) for k in by_text.values()}) == len(by_text) > 500
+      text = ENV.symbols_to_text(symbols[b, t])
+      seen += (int(actions[b, t]), text)
+      by_transcript.setdefault(seen, set()).add(int(keys[b, t]))
+      by_key.setdefault(int(keys[b, t]), set()).add(text)
+  assert all(len(k) == 1 for k in by_transcript.values())
+  assert all(len(v) == 1 for v in by_key.values())
+  assert len(by_key) > 500
+  assert len(by_key) > len({next(iter(v)) for v in by_key.values()})
 
 
 # ---- tasks ---------------------------------------------------------------------------

@@ -127,10 +127,11 @@ def test_static_description():
   for a, b in itertools.permutations(ENV.action_strings, 2):
     assert not b.startswith(a)
   assert [list(c) for c in CODES] == all_codes(3, 6)
-  assert ENV.max_symbols == len(ENV.symbol_slots) == 9 * 3 + 3
+  assert ENV.max_symbols == len(ENV.symbol_slots) == 9 + 3
   assert "from 1 to 6" in ENV.instructions and "e.g. 123" in ENV.instructions
+  assert "its pegs and how many turns are left" in ENV.instructions
   state = _from_code(jnp.asarray([1, 2, 3]))
-  assert text(state) == "Turns left: 3\n"
+  assert text(state) == "No guesses yet.\nTurns left: 3\n"
   assert np.asarray(ENV.action_mask(state, PARAMS)).all()
   with pytest.raises(ValueError, match="max_turns"):
     Mastermind(max_turns=0)
@@ -182,7 +183,7 @@ def test_a_win_ends_the_attempt():
   assert text(s0) == line(1, "123", 0, 2) + "Turns left: 2\n"
   assert float(ts1.reward) == 1.0 and bool(ts1.done) and bool(ts1.won)
   assert not bool(ts1.truncated) and int(ts1.steps) == 2
-  assert text(s1) == (line(1, "123", 0, 2) + line(2, "352", 3, 0)
+  assert text(s1) == (line(2, "352", 3, 0)
                       + "Congratulations! You guessed the correct code in 2 turn(s).\n")
   # Stepping a finished attempt changes nothing.
   jax.tree.map(np.testing.assert_array_equal, s1, s2)
@@ -194,7 +195,8 @@ def test_a_win_on_the_last_turn_is_no_truncation():
   state, ts = play("614", ["123", "456", "614"])[-1]
   assert bool(ts.won) and bool(ts.done) and not bool(ts.truncated)
   assert float(ts.reward) == 1.0
-  assert text(state).endswith("in 3 turn(s).\n")
+  assert text(state) == (line(3, "614", 3, 0)
+                         + "Congratulations! You guessed the correct code in 3 turn(s).\n")
 
 
 def test_three_misses_are_truncated():
@@ -204,8 +206,8 @@ def test_three_misses_are_truncated():
   state, ts = steps[-1]
   assert bool(ts.done) and bool(ts.truncated) and not bool(ts.won)
   assert float(ts.reward) == 0.0 and int(ts.steps) == 3
-  assert text(state) == (line(1, "123", 0, 1) + line(2, "456", 0, 2)
-                         + line(3, "641", 1, 2)
+  assert text(steps[1][0]) == line(2, "456", 0, 2) + "Turns left: 1\n"
+  assert text(state) == (line(3, "641", 1, 2)
                          + "You have reached the maximum number of turns (3).\n")
 
 
@@ -213,7 +215,7 @@ def test_a_repeated_guess_uses_a_turn_and_is_invalid():
   (s0, ts0), (s1, ts1) = play("614", ["123", "123"])
   assert not bool(ts0.invalid) and bool(ts1.invalid)
   assert int(ts1.steps) == 2 and not bool(ts1.done)
-  assert text(s1) == line(1, "123", 0, 1) + line(2, "123", 0, 1) + "Turns left: 1\n"
+  assert text(s1) == line(2, "123", 0, 1) + "Turns left: 1\n"
   mask = np.asarray(ENV.action_mask(s0, PARAMS))
   assert not mask[action_of("123")] and mask.sum() == 119
   # An index outside the table is clipped to a code, and flagged.
@@ -260,6 +262,12 @@ def test_renderings_follow_the_symbol_slots():
     seen = set(np.unique(symbols[:, p]).tolist()) - {-1}
     assert seen <= set(allowed), (p, seen - set(allowed))
   assert (symbols[:, -3:] >= 0).all()   # the status line is always there
+  # The first position always holds the guess line's start or "No guesses
+  # yet."; the rest of the line is there exactly when a guess was made.
+  none = symbols[:, 0] == ENV.symbols.index("No guesses yet.\n")
+  assert (symbols[:, 0] >= 0).all() and none.any() and not none.all()
+  assert ((symbols[:, 1:9] >= 0).all(1) == ~none).all()
+  assert ((symbols[:, 1:9] < 0).all(1) == none).all()
   # The codec sizes its buffer by the slots: every rendering's tokens (a
   # byte-level tokenizer's, the tiny models') fit, and decode to its text.
   codec = TextCodec.for_env(ByteTokenizer(), ENV)
@@ -274,18 +282,33 @@ def test_renderings_follow_the_symbol_slots():
 
 
 def test_state_key_hashes_what_is_observable():
-  _, init_views, _, _, _, views = _played(1)
-  symbols = np.concatenate([init_views[0], views[0].reshape(-1, ENV.max_symbols)])
-  state_keys = np.concatenate([init_views[2], views[2].reshape(-1)])
-  assert state_keys.dtype == np.uint32
-  # Renderings have a fixed layout: equal symbol rows are equal observations.
-  by_view: dict[bytes, set[int]] = {}
-  for row, key in zip(symbols, state_keys):
-    by_view.setdefault(row.tobytes(), set()).add(int(key))
-  # One key per observation (the hidden codes differ and do not enter it),
-  # and distinct observations get distinct keys.
-  assert all(len(k) == 1 for k in by_view.values())
-  assert len({next(iter(k)) for k in by_view.values()}) == len(by_view) > 300
+  initial, init_views, _, states, _, views = _played(1)
+  assert views[2].dtype == np.uint32
+  # The observation shows the latest guess; the earlier ones are in the
+  # agent's transcript. The key is one per transcript (the renderings of the
+  # attempt so far, a finished attempt's repeats dropped), whatever the
+  # hidden code, and distinct transcripts get distinct keys.
+  by_transcript: dict[tuple[bytes, ...], set[int]] = {}
+  for b in range(BATCH):
+    seen = [init_views[0][b].tobytes()]
+    by_transcript.setdefault(tuple(seen), set()).add(int(init_views[2][b]))
+    for t in range(TURNS):
+      row = views[0][b, t].tobytes()
+      if row != seen[-1]:
+        seen.append(row)
+      by_transcript.setdefault(tuple(seen), set()).add(int(views[2][b, t]))
+  assert all(len(k) == 1 for k in by_transcript.values())
+  assert len({next(iter(k)) for k in by_transcript.values()}) == len(by_transcript) > 300
+  # The same guesses against two codes that give them the same pegs: equal
+  # transcripts, equal keys.
+  (a, _), = play("123", ["456"])
+  (b, _), = play("132", ["456"])
+  assert text(a) == text(b) and int(ENV.state_key(a)) == int(ENV.state_key(b))
+  # The same latest guess after different earlier ones: equal observations,
+  # different transcripts, different keys.
+  a = play("614", ["123", "456"])[-1][0]
+  b = play("614", ["125", "456"])[-1][0]
+  assert text(a) == text(b) and int(ENV.state_key(a)) != int(ENV.state_key(b))
 
 
 # ---- the task distribution ------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import envs_jax
+from envs_jax.continuous import Continuous
 from envs_jax.games import wordle as wordle_module
 from envs_jax.games.wordle import Wordle, score_guess
 from envs_jax.reference.wordle import PyWordle, marks
@@ -108,6 +109,20 @@ def _play_word(answer: str, guesses):
   return state, out
 
 
+def _observations(answer: str, guesses) -> list[str]:
+  """The observation after each of ``guesses``; checks that both renderings
+  agree on every one."""
+  state = _initial(jnp.int32(WORDS.index(answer)))
+  out = []
+  for g in guesses:
+    a = WORDS.index(g) if isinstance(g, str) else g
+    state, _ = _step(KEY, state, jnp.int32(a), PARAMS)
+    text = ENV.render_text(state, PARAMS)
+    assert ENV.symbols_to_text(ENV.render_symbols(state, PARAMS)) == text
+    out.append(text)
+  return out
+
+
 # ---- marks ---------------------------------------------------------------------------
 
 # Worked by hand: G first (each uses up its answer letter), then Y left to
@@ -165,7 +180,10 @@ def test_static_description():
   assert ENV.action_strings == WORDS and ENV.num_actions == 1500
   assert "G (green)" in ENV.instructions and "Y (yellow)" in ENV.instructions
   assert "10 guesses" in ENV.instructions and WORDS[0] in ENV.instructions
-  assert ENV.max_symbols == len(ENV.symbol_slots) == 1 + 13 * 10 + 3
+  assert "earlier guesses stay above" in ENV.instructions
+  assert "shows all your guesses" not in ENV.instructions
+  # One guess line (label, 5 letters, arrow, 5 marks, newline), turns left.
+  assert ENV.max_symbols == len(ENV.symbol_slots) == 13 + 3
   with pytest.raises(ValueError, match="max_turns"):
     Wordle(max_turns=0)
   with pytest.raises(FileNotFoundError, match="make_wordlists"):
@@ -184,23 +202,23 @@ def test_initial_observation():
 
 # ---- rules, by hand ----------------------------------------------------------------
 
-def test_the_board_shows_every_guess_with_its_marks():
+def test_the_observation_shows_the_latest_guess_with_its_marks():
   state, tss = _play_word("eerie", ["crane", "speed", "abide"])
   assert not any(bool(t.done) or bool(t.invalid) for t in tss)
-  text = ENV.render_text(state, PARAMS)
-  assert text == ("Guess 1: crane -> XYXXG\n"
-                  # No green; eerie has three e: both e of speed are Y.
-                  "Guess 2: speed -> XXYYX\n"
-                  # e at 4 green; eerie's i is at 3, so abide's i (2) is Y.
-                  "Guess 3: abide -> XXYXG\n"
-                  "Turns left: 7\n")
-  assert ENV.symbols_to_text(ENV.render_symbols(state, PARAMS)) == text
+  assert _observations("eerie", ["crane", "speed", "abide"]) == [
+      "Guess 1: crane -> XYXXG\nTurns left: 9\n",
+      # No green; eerie has three e: both e of speed are Y.
+      "Guess 2: speed -> XXYYX\nTurns left: 8\n",
+      # e at 4 green; eerie's i is at 3, so abide's i (2) is Y.
+      "Guess 3: abide -> XXYXG\nTurns left: 7\n"]
+  # Only the latest guess: the transcript holds the others.
+  assert "crane" not in ENV.render_text(state, PARAMS)
 
 
 def test_the_docstring_example():
   state, _ = _play_word("board", ["crane", "roast"])
   text = ENV.render_text(state, PARAMS)
-  assert text == "Guess 1: crane -> XYGXX\nGuess 2: roast -> YGGXX\nTurns left: 8\n"
+  assert text == "Guess 2: roast -> YGGXX\nTurns left: 8\n"
   assert "    " + text.replace("\n", "\n    ").rstrip() in wordle_module.__doc__
 
 
@@ -212,19 +230,31 @@ def test_finding_the_word_wins_and_the_attempt_stays_over():
   after = tss[2]
   assert (after.done, after.won, float(after.reward), bool(after.invalid),
           int(after.steps)) == (True, True, 0.0, False, 2)
-  assert ENV.render_text(state, PARAMS) == (
-      "Guess 1: eerie -> XXYXG\nGuess 2: crane -> GGGGG\nTurns left: 8\n")
+  # The step after the end changes nothing, the rendering included.
+  assert ENV.render_text(state, PARAMS) == "Guess 2: crane -> GGGGG\nTurns left: 8\n"
 
 
 def test_a_repeated_guess_wastes_the_turn_and_adds_no_row():
-  state, tss = _play_word("crane", ["abbey", "abbey", -1, len(WORDS), "eerie"])
-  assert [bool(t.invalid) for t in tss] == [False, True, True, True, False]
-  assert int(tss[-1].steps) == 5 and not tss[-1].done
-  assert ENV.render_text(state, PARAMS) == (
-      "Guess 1: abbey -> YXXYX\nGuess 2: eerie -> XXYXG\nTurns left: 5\n")
+  guesses = ["abbey", "abbey", -1, len(WORDS), "eerie", "abbey"]
+  state, tss = _play_word("crane", guesses)
+  assert [bool(t.invalid) for t in tss] == [False, True, True, True, False, True]
+  assert int(tss[-1].steps) == 6 and not tss[-1].done
+  assert _observations("crane", guesses) == [
+      "Guess 1: abbey -> YXXYX\nTurns left: 9\n",
+      "Already guessed.\nTurns left: 8\n",
+      "Not a valid guess.\nTurns left: 7\n",
+      "Not a valid guess.\nTurns left: 6\n",
+      # The wasted turns added no row: this is the second guess.
+      "Guess 2: eerie -> XXYXG\nTurns left: 5\n",
+      "Already guessed.\nTurns left: 4\n"]
   mask = np.asarray(ENV.action_mask(state, PARAMS))
   assert not mask[WORDS.index("abbey")] and not mask[WORDS.index("eerie")]
   assert mask.sum() == len(WORDS) - 2
+
+
+def test_a_wasted_first_turn_replaces_no_guesses_yet():
+  assert _observations("crane", [len(WORDS), "abbey"]) == [
+      "Not a valid guess.\nTurns left: 9\n", "Guess 1: abbey -> YXXYX\nTurns left: 8\n"]
 
 
 def test_turn_limit_truncates_but_a_win_on_the_last_turn_counts():
@@ -236,8 +266,21 @@ def test_turn_limit_truncates_but_a_win_on_the_last_turn_counts():
   state, tss = _play_word("crane", nine + ["crane"])
   last = tss[-1]
   assert (last.done, last.won, last.truncated, float(last.reward)) == (True, True, False, 1.0)
-  assert ENV.render_text(state, PARAMS).endswith(
-      "Guess 10: crane -> GGGGG\nTurns left: 0\n")
+  assert ENV.render_text(state, PARAMS) == "Guess 10: crane -> GGGGG\nTurns left: 0\n"
+
+
+def test_a_continuous_trial_shows_the_final_guess_at_the_episode_boundary():
+  env = Continuous(ENV, episodes=3)
+  crane = ENV.initial_state(jnp.int32(WORDS.index("crane")))
+  state, _ = env.reset(KEY, PARAMS)
+  state = state.replace(game=crane, initial=crane, last=crane)
+  for w in ["abbey", "crane"]:
+    state, ts = env.step(KEY, state, jnp.int32(WORDS.index(w)), PARAMS)
+  assert float(ts.reward) == 1.0 and int(state.episode) == 1
+  text = env.render_text(state, PARAMS)
+  assert text == ("Guess 2: crane -> GGGGG\nTurns left: 8\nResult: solved.\n"
+                  "[Episode 2] New episode begins.\nNo guesses yet.\nTurns left: 10\n")
+  assert env.symbols_to_text(env.render_symbols(state, PARAMS)) == text
 
 
 # ---- random play against the reference -----------------------------------------
@@ -245,7 +288,8 @@ def test_turn_limit_truncates_but_a_win_on_the_last_turn_counts():
 def test_matches_python_reference_on_random_play():
   initial, init_views, actions, states, steps, views = _played(2)
   symbols, masks, _ = views
-  counts = {"won": 0, "truncated": 0, "invalid": 0, "Y": 0, "G": 0}
+  counts = {"won": 0, "truncated": 0, "invalid": 0, "Y": 0, "G": 0,
+            "Already guessed": 0, "Not a valid guess": 0}
   for b in range(BATCH):
     ref = PyWordle(WORDS, ENV.max_turns)
     text = ref.reset(WORDS[int(initial.answer[b])])
@@ -262,6 +306,8 @@ def test_matches_python_reference_on_random_play():
       assert ENV.symbols_to_text(symbols[b, t]) == text
       assert masks[b, t].tolist() == ref.legal()
       counts["invalid"] += invalid
+      for note in ("Already guessed", "Not a valid guess"):
+        counts[note] += text.startswith(note) and not done
     counts["won"] += ref.won
     counts["truncated"] += ref.truncated
     for _, m in ref.rows:
@@ -283,22 +329,33 @@ def test_renderings_follow_the_symbol_slots():
   for i in range(len(sample)):
     one = jax.tree.map(lambda x: x[i], buffers)
     assert codec.decode(one) == ENV.symbols_to_text(sample[i])
-  # The slot-sized buffer, in bytes: "No guesses yet.\n" (16), nine rows
-  # "Guess r: " + 5 letters + " -> " + 5 marks + "\n" (9 + 5 + 4 + 5 + 1), the
-  # tenth row one byte longer, and "Turns left: 10\n" (15).
-  assert int(buffers.length.max()) <= codec.max_tokens == 16 + 9 * 24 + 25 + 15
+  # The slot-sized buffer, in bytes: the longest head, "Not a valid guess.\n"
+  # (19), then 5 letters + " -> " + 5 marks + "\n" (5 + 4 + 5 + 1), and
+  # "Turns left: 10\n" (15).
+  assert int(buffers.length.max()) <= codec.max_tokens == 19 + 15 + 15
 
 
 def test_state_key_hashes_what_is_observable():
-  _, _, _, _, _, views = _played(4)
+  _, init_views, actions, _, _, views = _played(4)
   symbols, _, keys = views
   assert keys.dtype == np.uint32
-  by_text: dict[str, set[int]] = {}
+  # The key is a function of what the attempt has shown (its transcript:
+  # every observation so far and the actions between them) and determines
+  # the latest observation; boards that differ only in earlier guesses get
+  # different keys although their latest lines agree.
+  by_transcript: dict[tuple, set[int]] = {}
+  by_key: dict[int, set[str]] = {}
   for b in range(BATCH):
+    seen = (ENV.symbols_to_text(init_views[0][b]),)
     for t in range(TURNS):
-      by_text.setdefault(ENV.symbols_to_text(symbols[b, t]), set()).add(int(keys[b, t]))
-  assert all(len(k) == 1 for k in by_text.values())
-  assert len({next(iter(k)) for k in by_text.values()}) == len(by_text) > 1000
+      text = ENV.symbols_to_text(symbols[b, t])
+      seen += (int(actions[b, t]), text)
+      by_transcript.setdefault(seen, set()).add(int(keys[b, t]))
+      by_key.setdefault(int(keys[b, t]), set()).add(text)
+  assert all(len(k) == 1 for k in by_transcript.values())
+  assert all(len(v) == 1 for v in by_key.values())
+  assert len(by_key) > 1000
+  assert len(by_key) > len({next(iter(v)) for v in by_key.values()})
 
 
 # ---- tasks ---------------------------------------------------------------------------

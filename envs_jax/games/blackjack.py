@@ -21,8 +21,8 @@ shown by value only, as in ORBIT: ``A``, ``2``..``10`` (a king shows ``10``).
 The state keeps the 52 distinct cards (ids 0..51, rank ``id % 13``).
 
 Each turn the player plays ``hit <slot>``, drawing the face-down card in that
-slot (it is then shown face up in the deck view and joins the hand), or
-``stand``. The dealer never draws. The attempt ends:
+slot into the hand (a slot can be drawn once per attempt), or ``stand``. The
+dealer never draws. The attempt ends:
 
 * on ``stand``: won (reward ``reward_win``) when the player's total, at most
   21, is above the dealer's; a tie or a lower total loses;
@@ -37,23 +37,33 @@ action mask rules those hits out.
 
 Candidates: ``hit 00`` .. ``hit 47`` and ``stand`` (49). The slot index is
 zero-padded to two digits so that the table is prefix-free as strings
-(``hit 1`` would be a prefix of ``hit 10``); the deck view writes the slots
+(``hit 1`` would be a prefix of ``hit 10``); the observation writes the slots
 the same way, so the action names exactly what the agent reads. ORBIT writes
 ``hit 9`` unpadded: a formatting choice only.
 
-The observation (ORBIT's lines, with a turn counter, the last action and the
-attempt's status added; ORBIT's extra list of available slots is left out,
-since the ``?`` slots are exactly those), e.g. after one hit::
+The observation: the turns taken, the attempt's status, the dealer's hand,
+the player's hand with its total and the slots drawn in this attempt with
+their cards, in draw order, e.g. after one hit::
 
     Turns taken: 1 of 4
-    Last action: hit 02
     Status: in play
     Dealer (?): 10, ?
     Your hand (13): 2, 4, 7
-    Deck (index:value, ?=hidden, drawn=revealed): 00:? 01:? 02:7 03:? ... 47:?
+    Drawn: 02:7
 
-The dealer's second card and total show ``?`` until the attempt ends, when
-they are revealed (as ORBIT reveals them).
+(``Drawn: none`` before the first hit). The dealer's second card and total
+show ``?`` until the attempt ends, when they are revealed (as ORBIT reveals
+them). ORBIT's observation re-renders the whole deck every turn (``0:? 1:?
+... 47:?`` with the drawn slots face up, then the list of available slots)
+and starts with the last action (``You chose to hit 2 and drew 7.``). Here
+the deck view is left out: every slot not listed under ``Drawn`` is face
+down and still available (the instructions say the slots are 00..47), so the
+drawn list carries the same information in a tenth of the width; the last
+action is the agent's own answer, already in its transcript, as are the
+draws of every earlier episode of a continuous trial. The codec sizes every
+turn's observation slot by the widest possible rendering, so the 48-slot
+deck view (335 of the 488 bytes of the widest rendering) made most of every
+turn's width.
 """
 
 from __future__ import annotations
@@ -132,7 +142,9 @@ class BlackjackState:
     hits: int32[max_turns], the slots drawn, in order (-1 after the last).
     turns: int32 actions taken in this attempt.
     last_action: int32, the last action played (-1 before any; a slot, or
-      ``STAND``, also for a hit of a drawn slot, which stands).
+      ``STAND``, also for a hit of a drawn slot, which stands). Not rendered:
+      the agent's answer is in its transcript, and the drawn list and the
+      status show what it did.
     outcome: int32, ``IN_PLAY`` or how the attempt ended.
   """
 
@@ -175,8 +187,8 @@ class Blackjack(Environment):
 
   # ---- static description ------------------------------------------------
   # Symbols: the numbers 0..largest first (a number's id is its value; cards
-  # 2..10 use them too), then "A", "?", the slot labels, the last actions,
-  # the statuses and the fixed pieces.
+  # 2..10 use them too), then "A", "?", the slot labels, the statuses and the
+  # fixed pieces.
   @property
   def _largest_number(self) -> int:
     # A hand is at most 21 before its last hit, so at most 31 after it.
@@ -184,16 +196,14 @@ class Blackjack(Environment):
 
   @property
   def _pieces(self) -> tuple[str, ...]:
-    return ("Turns taken: ", f" of {self.max_turns}\n", "Last action: ", "\n",
-            "Status: ", "Dealer (", "): ", ", ", "Your hand (",
-            "Deck (index:value, ?=hidden, drawn=revealed):")
+    return ("Turns taken: ", f" of {self.max_turns}\n", "Status: ", "\n",
+            "Dealer (", "): ", ", ", "Your hand (", "Drawn:", " none")
 
   @property
   def symbols(self) -> tuple[str, ...]:
     numbers = tuple(str(i) for i in range(self._largest_number + 1))
     labels = tuple(f" {i:02d}:" for i in range(NUM_SLOTS))
-    actions = ("none",) + self.action_strings
-    return numbers + ("A", "?") + labels + actions + STATUS_TEXTS + self._pieces
+    return numbers + ("A", "?") + labels + STATUS_TEXTS + self._pieces
 
   @property
   def _ace_id(self) -> int:
@@ -205,16 +215,12 @@ class Blackjack(Environment):
 
   @property
   def _label_id(self) -> int:
+    """Id of the label " 00:"; slot i's label is this + i."""
     return self._largest_number + 3
 
   @property
-  def _action_id(self) -> int:
-    """Id of "none"; the action a's symbol is this + 1 + a."""
-    return self._label_id + NUM_SLOTS
-
-  @property
   def _status_id(self) -> int:
-    return self._action_id + 1 + len(self.action_strings)
+    return self._label_id + NUM_SLOTS
 
   def _piece_id(self, piece: str) -> int:
     return self._status_id + len(STATUS_TEXTS) + self._pieces.index(piece)
@@ -229,30 +235,30 @@ class Blackjack(Environment):
 
   @property
   def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
-    """The positions of ``render_symbols``: 3 + 3 + 3 + 7 + (7 + 2T) + 98.
+    """The positions of ``render_symbols``, one group per line: 3 + 3 + 7 +
+    (6 + 2T + 1) + (1 + 2T + 1), T = ``max_turns``.
 
-    The hand's cards after the first two (T = ``max_turns``) are -1 until
-    drawn; every other position always holds a symbol.
+    The hand's cards after the first two and the drawn list's entries are
+    -1 until drawn (the first entry is `` none`` and -1 before any hit);
+    every other position always holds a symbol.
     """
     p = self._piece_id
     number = tuple(range(self._largest_number + 1))
     cards = (self._ace_id,) + tuple(range(2, 11))
     hidden = (self._hidden_id,)
     dealer_total = hidden + tuple(range(DEALER_MIN, 22))
-    actions = tuple(range(self._action_id, self._action_id + 1 + len(self.action_strings)))
+    labels = tuple(range(self._label_id, self._label_id + NUM_SLOTS))
     statuses = tuple(range(self._status_id, self._status_id + len(STATUS_TEXTS)))
     head = ((p("Turns taken: "),), tuple(range(self.max_turns + 1)),
             (p(f" of {self.max_turns}\n"),),
-            (p("Last action: "),), actions, (p("\n"),),
             (p("Status: "),), statuses, (p("\n"),),
             (p("Dealer ("),), dealer_total, (p("): "),), cards, (p(", "),),
             cards + hidden, (p("\n"),),
             (p("Your hand ("),), number, (p("): "),), cards, (p(", "),), cards)
-    drawn = ((p(", "),), cards) * self.max_turns
-    deck = ((p("Deck (index:value, ?=hidden, drawn=revealed):"),),) + tuple(
-        slot for i in range(NUM_SLOTS)
-        for slot in ((self._label_id + i,), cards + hidden)) + ((p("\n"),),)
-    return head + drawn + ((p("\n"),),) + deck
+    hand = ((p(", "),), cards) * self.max_turns + ((p("\n"),),)
+    drawn = (((p("Drawn:"),), labels + (p(" none"),), cards)
+             + (labels, cards) * (self.max_turns - 1) + ((p("\n"),),))
+    return head + hand + drawn
 
   @property
   def instructions(self) -> str:
@@ -265,8 +271,10 @@ class Blackjack(Environment):
         "The dealer holds exactly two cards, one shown and one hidden, whose "
         "total is between 17 and 21; the dealer never draws.\n"
         "You start with two cards. The other 48 cards of the deck lie face "
-        "down in slots 00 to 47, shown as '?'. Each turn you either hit a "
-        "slot, drawing the card that lies there into your hand, or stand.\n"
+        "down in slots 00 to 47. Each turn you either hit a slot, drawing the "
+        "card that lies there into your hand, or stand. Each slot can be "
+        "drawn once per game; 'Drawn:' lists the slots you drew in this game "
+        "and their cards (e.g. 'Drawn: 07:10 21:3').\n"
         "Standing ends the game: you win if your total is higher than the "
         "dealer's (a tie loses). Going over 21 loses at once. You have at "
         f"most {n} actions: after {n} hits without standing you lose.\n"
@@ -275,7 +283,7 @@ class Blackjack(Environment):
         "remember which slots held good cards. Reward: 1 for a win, 0 "
         "otherwise.\n"
         "Each turn, answer with one action: 'hit' and a two-digit slot "
-        "number that is still '?', e.g. hit 07, or stand.")
+        "number you have not drawn in this game, e.g. hit 07, or stand.")
 
   @property
   def default_params(self) -> BlackjackParams:
@@ -361,7 +369,7 @@ class Blackjack(Environment):
     return jnp.where(value == 1, self._ace_id, value)
 
   def render_symbols(self, state: BlackjackState, params: BlackjackParams) -> jax.Array:
-    """int32[max_symbols]: the six lines (undrawn hand cards are -1)."""
+    """int32[max_symbols]: the five lines (undrawn cards are -1)."""
     del params
     p = self._piece_id
     c = lambda i: jnp.asarray(i, jnp.int32)
@@ -370,14 +378,15 @@ class Blackjack(Environment):
     done = state.done
     hand = self.hand_values(state)
     hidden = c(self._hidden_id)
-    drawn = jnp.stack([jnp.full((self.max_turns,), p(", ")),
-                       card(hand[2:])], axis=1)
-    drawn = jnp.where((state.hits >= 0)[:, None], drawn, -1).reshape(-1)
-    slots = jnp.where(state.taken, card(values[4:]), hidden)
-    deck = jnp.stack([self._label_id + jnp.arange(NUM_SLOTS), slots], axis=1)
+    made = (state.hits >= 0)[:, None]
+    extra = jnp.stack([jnp.full((self.max_turns,), p(", ")), card(hand[2:])], axis=1)
+    extra = jnp.where(made, extra, -1).reshape(-1)
+    drawn = jnp.stack([self._label_id + state.hits, card(hand[2:])], axis=1)
+    drawn = jnp.where(made, drawn, -1).reshape(-1)
+    drawn = jnp.where(state.hits[0] >= 0, drawn,
+                      drawn.at[0].set(p(" none")))
     head = jnp.stack([
         c(p("Turns taken: ")), state.turns, c(p(f" of {self.max_turns}\n")),
-        c(p("Last action: ")), self._action_id + 1 + state.last_action, c(p("\n")),
         c(p("Status: ")), self._status_id + state.outcome, c(p("\n")),
         c(p("Dealer (")), jnp.where(done, self.dealer_total(state), hidden),
         c(p("): ")), card(values[0]), c(p(", ")),
@@ -385,8 +394,8 @@ class Blackjack(Environment):
         c(p("Your hand (")), hand_total(hand), c(p("): ")), card(hand[0]),
         c(p(", ")), card(hand[1])])
     return jnp.concatenate([
-        head, drawn, c([p("\n"), p("Deck (index:value, ?=hidden, drawn=revealed):")]),
-        deck.reshape(-1), c([p("\n")])]).astype(jnp.int32)
+        head, extra, c([p("\n"), p("Drawn:")]), drawn,
+        c([p("\n")])]).astype(jnp.int32)
 
   def render_text(self, state: BlackjackState, params: BlackjackParams) -> str:
     """Host-side rendering from the state arrays."""
@@ -395,26 +404,21 @@ class Blackjack(Environment):
     values = [min(int(x) % 13 + 1, 10) for x in s.deck]
     outcome = int(s.outcome)
     done = outcome != IN_PLAY
-    hand = values[2:4] + [values[4 + int(h)] for h in s.hits if int(h) >= 0]
+    slots = [int(h) for h in s.hits if int(h) >= 0]
+    hand = values[2:4] + [values[4 + h] for h in slots]
 
     def best(cards):
       t = sum(cards)
       return t + 10 if 1 in cards and t <= 11 else t
 
-    last = int(s.last_action)
-    last_text = ("none" if last < 0 else "stand" if last == STAND
-                 else f"hit {last:02d}")
     hole = card_text(values[1]) if done else "?"
     dealer = str(best(values[:2])) if done else "?"
-    deck = "".join(
-        f" {i:02d}:" + (card_text(values[4 + i]) if s.taken[i] else "?")
-        for i in range(NUM_SLOTS))
+    drawn = "".join(f" {h:02d}:{card_text(values[4 + h])}" for h in slots)
     return (f"Turns taken: {int(s.turns)} of {self.max_turns}\n"
-            f"Last action: {last_text}\n"
             f"Status: {STATUS_TEXTS[outcome]}\n"
             f"Dealer ({dealer}): {card_text(values[0])}, {hole}\n"
             f"Your hand ({best(hand)}): {', '.join(card_text(v) for v in hand)}\n"
-            f"Deck (index:value, ?=hidden, drawn=revealed):{deck}\n")
+            f"Drawn:{drawn or ' none'}\n")
 
   def action_mask(self, state: BlackjackState, params: BlackjackParams) -> jax.Array:
     """bool[49]: the slots not drawn yet, and ``stand``."""
@@ -425,7 +429,7 @@ class Blackjack(Environment):
     """uint32 hash of what the observation shows (values, not card ids)."""
     values = card_value(state.deck)
     shown = jnp.concatenate([
-        jnp.where(state.taken, values[4:], 0), self.hand_values(state),
+        state.hits, self.hand_values(state),
         values[:1], jnp.where(state.done, values[1:2], 0),
-        jnp.stack([state.turns, state.last_action, state.outcome])])
+        jnp.stack([state.turns, state.outcome])])
     return hash_arrays(shown)

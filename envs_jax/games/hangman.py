@@ -13,8 +13,7 @@ Each turn the agent guesses one letter or the whole word:
   repeated letter reveals all its positions at once). A letter not in the
   word only uses up the turn.
 * ``word cat``: if it is the hidden word the attempt is won (reward
-  ``reward_win``, 1.0, done); otherwise the turn is used and the word joins
-  the list of wrong guesses.
+  ``reward_win``, 1.0, done); otherwise only the turn is used.
 
 As in GEM, the attempt is won **only** by a correct whole-word guess:
 revealing every letter with letter guesses does not end it, the agent must
@@ -33,18 +32,31 @@ never be right, so leaving it out loses nothing but a wasted turn. The two
 prefixes keep the table prefix-free ("a" alone would be a prefix of "ant")
 and read as what they do.
 
-The observation, e.g. for the word "hat" after the guesses e, a, t and the
-word "cab"::
+The observation says what the latest guess did, then shows the word with the
+letters found so far and the turns left, e.g. for the word "hat" after the
+guesses e, a, t and the word "cab"::
 
+    Wrong word.
     Word: _ a t
-    Letters guessed: a e t
-    Words guessed: cab
     Turns left: 6
 
-Letters are listed in alphabetical order and words in the order guessed
-("none" when there are none). A won attempt shows the whole word and ends with
-the line ``You guessed the word!``; the word of a lost attempt is never shown
-(the same task is replayed in the next attempt).
+The first line is ``In the word.`` or ``Not in the word.`` after a new
+letter, ``Wrong word.`` after a wrong new word, ``Already guessed.`` after a
+repeated letter or word, ``Not a valid guess.`` after an out-of-range
+action, and ``You guessed the word!`` once the word is named (the attempt's
+last observation, which shows the whole word); there is none before the
+first guess. The word of a lost attempt is never shown (the same task is
+replayed in the next attempt). The letters and words guessed so far are not
+listed: in a continuous trial (``envs_jax.continuous``) the context holds
+every turn's observation and action, so the transcript already carries the
+history, while the text codec sizes every turn's observation by its longest
+possible rendering, so the lists (up to ``max_turns`` letters and
+``max_turns`` words, reserved in every turn whether used or not) would be
+most of the context. This is also what ORBIT's agent sees: GEM's Hangman
+observation is what the latest guess did ("At turn 3, you guessed a letter
+'T' that is not in the secret word.", "... which is incorrect.", "...
+already guessed before") followed by the grid of the word, and ORBIT
+appends each one to its chat transcript as it is.
 """
 
 from __future__ import annotations
@@ -61,14 +73,17 @@ from envs_jax.words import ALPHABET, load_words, word_codes
 
 NUM_LETTERS = len(ALPHABET)
 
-# Symbol ids: bare letters 0..25 (in listed words), spaced letters 26..51
-# (" a": the pattern and the letter list), the blank, then the fixed pieces,
-# then the numbers 0..max_turns.
-_SPACED = NUM_LETTERS
-_BLANK = 2 * NUM_LETTERS
-_PIECES = ("Word:", "\n", "Letters guessed:", " none", "Words guessed:", " ",
-           "Turns left: ", "You guessed the word!\n")
+# What the latest guess did, in the order of ``HangmanState.last`` (1..6).
+NOTES = ("In the word.\n", "Not in the word.\n", "Wrong word.\n",
+         "Already guessed.\n", "Not a valid guess.\n", "You guessed the word!\n")
+
+# Symbol ids: spaced letters 0..25 (" a", the pattern's cells), the blank,
+# then the fixed pieces (the notes last, in order), then the numbers
+# 0..max_turns.
+_BLANK = NUM_LETTERS
+_PIECES = ("Word:", "\n", "Turns left: ") + NOTES
 _FIRST_PIECE = _BLANK + 1
+_FIRST_NOTE = _FIRST_PIECE + _PIECES.index(NOTES[0])
 _FIRST_NUMBER = _FIRST_PIECE + len(_PIECES)
 
 
@@ -100,6 +115,9 @@ class HangmanState:
     tried: int32[max_turns], wrong whole-word guesses (word indices) in the
       order made, padded with -1.
     steps: int32 turns taken.
+    last: int32, what the latest turn did: 0 no turn yet, 1 a new letter in
+      the word, 2 a new letter not in it, 3 a new wrong word, 4 a letter or
+      word guessed before, 5 an out-of-range action, 6 the word (``NOTES``).
     done: bool, the attempt is over.
     won: bool, the word was guessed.
     truncated: bool, the turns ran out first.
@@ -109,6 +127,7 @@ class HangmanState:
   guessed: jax.Array
   tried: jax.Array
   steps: jax.Array
+  last: jax.Array
   done: jax.Array
   won: jax.Array
   truncated: jax.Array
@@ -147,15 +166,10 @@ class Hangman(Environment):
     """int32[N, L]: the letters (0-25) of every word."""
     return word_codes(self.word_list)
 
-  @property
-  def _letter_slots(self) -> int:
-    """Entries of the letter list: at most one new letter per turn."""
-    return min(NUM_LETTERS, self.max_turns)
-
   # ---- static description ------------------------------------------------
   @property
   def symbols(self) -> tuple[str, ...]:
-    return (tuple(ALPHABET) + tuple(" " + c for c in ALPHABET) + (" _",) + _PIECES
+    return (tuple(" " + c for c in ALPHABET) + (" _",) + _PIECES
             + tuple(str(i) for i in range(self.max_turns + 1)))
 
   @property
@@ -165,20 +179,14 @@ class Hangman(Environment):
 
   @property
   def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
-    """The positions of ``render_symbols``, line by line (-1 pads lists)."""
-    spaced = tuple(range(_SPACED, _SPACED + NUM_LETTERS))
-    bare = tuple(range(NUM_LETTERS))
+    """The positions of ``render_symbols``: the note (-1 before the first
+    guess), the word's line, the turns left."""
     p = _piece
-    word = (((p("Word:"),),) + (spaced + (_BLANK,),) * self.word_length
-            + ((p("\n"),),))
-    letters = ((p("Letters guessed:"),), spaced + (p(" none"),),
-               *(spaced,) * (self._letter_slots - 1), (p("\n"),))
-    words = ((p("Words guessed:"),),
-             *(((p(" "), p(" none")),) + (bare,) * self.word_length) * self.max_turns,
-             (p("\n"),))
+    note = tuple(range(_FIRST_NOTE, _FIRST_NOTE + len(NOTES)))
+    cells = tuple(range(NUM_LETTERS)) + (_BLANK,)
     numbers = tuple(range(_FIRST_NUMBER, _FIRST_NUMBER + self.max_turns + 1))
-    turns = ((p("Turns left: "),), numbers, (p("\n"),))
-    return word + letters + words + turns + ((p("You guessed the word!\n"),),)
+    return ((note, (p("Word:"),)) + (cells,) * self.word_length
+            + ((p("\n"),), (p("Turns left: "),), numbers, (p("\n"),)))
 
   @property
   def max_symbols(self) -> int:
@@ -198,6 +206,9 @@ class Hangman(Environment):
         "enough, you still have to name the word. There are no lives, only a "
         f"limit of {t} turns. Guessing a letter or word again changes nothing "
         "and wastes the turn.\n"
+        "After each guess you see what it did, the word with the letters found "
+        "so far, and the turns left; your earlier guesses stay above in the "
+        "conversation.\n"
         "Reward: 1 for guessing the word, 0 otherwise.\n"
         "Each turn, answer with `letter x` to guess a letter (e.g. letter e) or "
         f"`word xyz` to guess a common {n}-letter word (e.g. word "
@@ -215,7 +226,8 @@ class Hangman(Environment):
     return HangmanState(
         word=jnp.asarray(word, jnp.int32), guessed=jnp.zeros((NUM_LETTERS,), jnp.bool_),
         tried=jnp.full((self.max_turns,), -1, jnp.int32),
-        steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false)
+        steps=jnp.zeros((), jnp.int32), last=jnp.zeros((), jnp.int32),
+        done=false, won=false, truncated=false)
 
   def reset(self, key: jax.Array, params: HangmanParams):
     """Draws the hidden word uniformly from the first ``num_words`` words."""
@@ -242,6 +254,10 @@ class Hangman(Environment):
     won = is_word & (word == state.word)
     wrong_word = is_word & ~won & ~jnp.any(state.tried == word)
     num_tried = jnp.sum(state.tried >= 0)
+    hit = jnp.any(jnp.asarray(self._codes)[state.word] == letter)
+    last = jnp.select(
+        [new_letter & hit, new_letter, wrong_word, won, in_range],
+        [1, 2, 3, 6, 4], 5).astype(jnp.int32)
     steps = state.steps + 1
     truncated = ~won & (steps >= self.max_turns)
     done = won | truncated
@@ -250,7 +266,7 @@ class Hangman(Environment):
         guessed=state.guessed | (new_letter & (jnp.arange(NUM_LETTERS) == letter)),
         tried=jnp.where(wrong_word & (jnp.arange(self.max_turns) == num_tried), word,
                         state.tried),
-        steps=steps, done=done, won=won, truncated=truncated)
+        steps=steps, last=last, done=done, won=won, truncated=truncated)
     live_ts = TimeStep(
         reward=jnp.where(won, params.reward_win, 0.0).astype(jnp.float32), done=done,
         won=won, truncated=truncated, invalid=~(new_letter | won | wrong_word),
@@ -268,34 +284,18 @@ class Hangman(Environment):
     return jnp.where(state.guessed[letters] | state.won, letters, -1)
 
   def render_symbols(self, state: HangmanState, params: HangmanParams) -> jax.Array:
-    """int32[max_symbols]: the observation's symbols, lists padded with -1."""
+    """int32[max_symbols]: the note (-1 before the first guess), the word's
+    line and the turns left."""
     del params
     p = _piece
     c = lambda *ids: jnp.asarray(ids, jnp.int32)
     pattern = self._pattern(state)
-    shown = jnp.where(pattern >= 0, _SPACED + pattern, _BLANK)
-    # Guessed letters in alphabetical order: letter i goes to entry rank(i).
-    k = self._letter_slots
-    rank = jnp.cumsum(state.guessed) - 1
-    letters = jnp.full((k,), -1, jnp.int32).at[
-        jnp.where(state.guessed, rank, k)].set(
-            _SPACED + jnp.arange(NUM_LETTERS, dtype=jnp.int32), mode="drop")
-    letters = letters.at[0].set(jnp.where(state.guessed.any(), letters[0], p(" none")))
-    # Wrong words: " " and the word's letters per entry, padding after the last.
-    listed = state.tried >= 0
-    spelled = jnp.asarray(self._codes)[jnp.maximum(state.tried, 0)]      # [T, L]
-    entries = jnp.concatenate(
-        [jnp.full((self.max_turns, 1), p(" "), jnp.int32), spelled], axis=1)
-    entries = jnp.where(listed[:, None], entries, -1)
-    none = jnp.full((self.word_length + 1,), -1, jnp.int32).at[0].set(p(" none"))
-    entries = entries.at[0].set(jnp.where(listed[0], entries[0], none))
+    shown = jnp.where(pattern >= 0, pattern, _BLANK)
+    note = jnp.where(state.last > 0, _FIRST_NOTE + state.last - 1, -1)
     left = _FIRST_NUMBER + self.max_turns - state.steps
     return jnp.concatenate([
-        c(p("Word:")), shown, c(p("\n")),
-        c(p("Letters guessed:")), letters, c(p("\n")),
-        c(p("Words guessed:")), entries.reshape(-1), c(p("\n")),
+        note[None], c(p("Word:")), shown, c(p("\n")),
         c(p("Turns left: ")), left[None], c(p("\n")),
-        jnp.where(state.won, p("You guessed the word!\n"), -1)[None],
     ]).astype(jnp.int32)
 
   def render_text(self, state: HangmanState, params: HangmanParams) -> str:
@@ -306,11 +306,8 @@ class Hangman(Environment):
     guessed = {ALPHABET[i] for i in range(NUM_LETTERS) if bool(s.guessed[i])}
     won = bool(s.won)
     pattern = " ".join(ch if ch in guessed or won else "_" for ch in word)
-    letters = " ".join(sorted(guessed)) or "none"
-    tried = " ".join(self.words[int(i)] for i in s.tried if int(i) >= 0) or "none"
-    text = (f"Word: {pattern}\nLetters guessed: {letters}\nWords guessed: {tried}\n"
-            f"Turns left: {self.max_turns - int(s.steps)}\n")
-    return text + ("You guessed the word!\n" if won else "")
+    note = NOTES[int(s.last) - 1] if int(s.last) else ""
+    return f"{note}Word: {pattern}\nTurns left: {self.max_turns - int(s.steps)}\n"
 
   def action_mask(self, state: HangmanState, params: HangmanParams) -> jax.Array:
     """bool[26 + N]: letters not guessed yet and words not tried yet."""
@@ -321,6 +318,12 @@ class Hangman(Environment):
     return jnp.concatenate([~state.guessed, ~tried])
 
   def state_key(self, state: HangmanState) -> jax.Array:
-    """uint32 hash of what the observation shows (not the hidden word)."""
+    """uint32 hash of what the attempt has shown (not the hidden word).
+
+    The pattern, the letters and wrong words guessed, the turns taken and the
+    latest note: the observation shows only the latest guess's effect, the
+    transcript holds the others, so two turns are the same anchor state when
+    all of these agree, not merely their latest observations.
+    """
     return hash_arrays(self._pattern(state), state.guessed, state.tried, state.steps,
-                       state.won)
+                       state.last)

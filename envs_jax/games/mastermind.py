@@ -26,19 +26,26 @@ is what GEM calls invalid: it still uses up the turn; here it is flagged
 that the guess was made before. The action mask rules such repeats out.
 Action indices out of range are clipped to a code and flagged ``invalid``.
 
-The observation is GEM's feedback sentence for every guess of the attempt
-so far (GEM shows only the last one and leaves the history to the agent's
-transcript; guesses are written like the actions), then the turns left, or
-how the attempt ended, e.g. after two guesses::
+The observation is GEM's feedback sentence for the latest guess only (the
+guess written like the actions), or ``No guesses yet.`` before the first,
+then the turns left, or how the attempt ended, e.g. after two guesses::
 
-    At turn 1, you guessed 123. This guess receives 1 black peg(s) and 2 white peg(s).
     At turn 2, you guessed 132. This guess receives 0 black peg(s) and 3 white peg(s).
     Turns left: 1
 
-A won attempt ends with ``Congratulations! You guessed the correct code in
-2 turn(s).``, a lost one with ``You have reached the maximum number of turns
-(3).``; the code itself is never spelled out, so a lost attempt does not give
-it away to the next one.
+GEM's observation is that same latest sentence (its instructions say the
+history of the guesses is appended to the agent's context): every earlier
+guess and its pegs are already in the agent's transcript, in a continuous
+trial those of the earlier attempts too, and the codec sizes every turn's
+observation slot by the widest possible rendering, so repeating the history
+would multiply the context by the number of guesses. A won attempt ends with
+its winning guess's line and ``Congratulations! You guessed the correct code
+in 2 turn(s).``, a lost one with the last guess's line and ``You have
+reached the maximum number of turns (3).``; GEM's final observation is that
+sentence alone (it drops the last guess's pegs and, on a win, spells out the
+code), here the last pegs are kept so that a continuous trial's next episode
+still sees them, and the code itself is never spelled out, so a lost attempt
+does not give it away to the next one.
 """
 
 from __future__ import annotations
@@ -62,8 +69,8 @@ MAX_CODES = 2000     # a bound on the decoding table (and the symbol table)
 _STATUS_LEADS = ("Turns left: ", "Congratulations! You guessed the correct code in ",
                  "You have reached the maximum number of turns (")
 _STATUS_TAILS = ("\n", " turn(s).\n", ").\n")
-_HISTORY = ("At turn ", ", you guessed ", ". This guess receives ",
-            " black peg(s) and ", " white peg(s).\n")
+_FEEDBACK = ("At turn ", ", you guessed ", ". This guess receives ",
+            " black peg(s) and ", " white peg(s).\n", "No guesses yet.\n")
 
 
 def code_table(code_length: int, num_digits: int) -> np.ndarray:
@@ -155,7 +162,7 @@ class Mastermind(Environment):
 
   # ---- static description ------------------------------------------------
   # Symbols: the numbers 0..largest first (a number's id is its value), then
-  # the codes (in action order), the history pieces and the status pieces.
+  # the codes (in action order), the feedback pieces and the status pieces.
   @property
   def _largest_number(self) -> int:
     return max(self.max_turns, self.code_length)
@@ -165,11 +172,11 @@ class Mastermind(Environment):
     return self._largest_number + 1
 
   def _piece_id(self, piece: str) -> int:
-    return self._code_id + self.num_codes + _HISTORY.index(piece)
+    return self._code_id + self.num_codes + _FEEDBACK.index(piece)
 
   @property
   def _lead_id(self) -> int:
-    return self._code_id + self.num_codes + len(_HISTORY)
+    return self._code_id + self.num_codes + len(_FEEDBACK)
 
   @property
   def _tail_id(self) -> int:
@@ -178,7 +185,7 @@ class Mastermind(Environment):
   @property
   def symbols(self) -> tuple[str, ...]:
     numbers = tuple(str(i) for i in range(self._largest_number + 1))
-    return numbers + self.action_strings + _HISTORY + _STATUS_LEADS + _STATUS_TAILS
+    return numbers + self.action_strings + _FEEDBACK + _STATUS_LEADS + _STATUS_TAILS
 
   @property
   def action_strings(self) -> tuple[str, ...]:
@@ -190,19 +197,19 @@ class Mastermind(Environment):
 
   @property
   def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
-    """9 positions per guess (-1 until it is made), then the 3 of the status."""
+    """9 positions of the latest guess's line (``No guesses yet.`` and -1
+    before the first guess), then the 3 of the status."""
     p = self._piece_id
     codes = tuple(range(self._code_id, self._code_id + self.num_codes))
     pegs_ = tuple(range(self.code_length + 1))
-    history = tuple(
-        slot for t in range(self.max_turns)
-        for slot in ((p("At turn "),), (t + 1,), (p(", you guessed "),), codes,
-                     (p(". This guess receives "),), pegs_, (p(" black peg(s) and "),),
-                     pegs_, (p(" white peg(s).\n"),)))
+    latest = ((p("At turn "), p("No guesses yet.\n")),
+              tuple(range(1, self.max_turns + 1)), (p(", you guessed "),), codes,
+              (p(". This guess receives "),), pegs_, (p(" black peg(s) and "),),
+              pegs_, (p(" white peg(s).\n"),))
     status = (tuple(range(self._lead_id, self._lead_id + 3)),
               tuple(range(self.max_turns + 1)),
               tuple(range(self._tail_id, self._tail_id + 3)))
-    return history + status
+    return latest + status
 
   @property
   def instructions(self) -> str:
@@ -214,7 +221,8 @@ class Mastermind(Environment):
         "turns to find it: each turn you guess a code.\n"
         "Every guess is marked with black and white pegs: a black peg for "
         "each digit that is right and in the right place, a white peg for "
-        "each digit that is in the code but in another place.\n"
+        "each digit that is in the code but in another place. After each "
+        "guess you are told its pegs and how many turns are left.\n"
         f"You win when a guess receives {k} black pegs. The secret code is "
         "the same in every new game, so what you learned about it in "
         "earlier games still holds. Reward: 1 for finding the code, 0 "
@@ -270,45 +278,44 @@ class Mastermind(Environment):
 
   # ---- views -----------------------------------------------------------------
   def render_symbols(self, state: MastermindState, params: MastermindParams) -> jax.Array:
-    """int32[9 * max_turns + 3]: one line per guess made, then the status."""
+    """int32[12]: the latest guess's line (or ``No guesses yet.``), then the
+    status."""
     del params
     p = self._piece_id
+    c = lambda i: jnp.asarray(i, jnp.int32)
     t = self.max_turns
-    full = lambda x: jnp.full((t,), x, jnp.int32)
-    history = jnp.stack([
-        full(p("At turn ")), jnp.arange(1, t + 1, dtype=jnp.int32),
-        full(p(", you guessed ")), self._code_id + state.guesses,
-        full(p(". This guess receives ")), state.blacks,
-        full(p(" black peg(s) and ")), state.whites, full(p(" white peg(s).\n"))],
-        axis=1)
-    history = jnp.where((state.guesses >= 0)[:, None], history, -1).reshape(-1)
+    last = jnp.maximum(state.turns - 1, 0)
+    line = jnp.stack([
+        c(p("At turn ")), state.turns, c(p(", you guessed ")),
+        self._code_id + state.guesses[last], c(p(". This guess receives ")),
+        state.blacks[last], c(p(" black peg(s) and ")), state.whites[last],
+        c(p(" white peg(s).\n"))])
+    none = jnp.full((9,), -1, jnp.int32).at[0].set(p("No guesses yet.\n"))
+    line = jnp.where(state.turns > 0, line, none)
     status = jnp.where(state.won, 1, jnp.where(state.done, 2, 0))
     number = jnp.select([state.won, state.done], [state.turns, t],
                         t - state.turns)
     tail = jnp.stack([self._lead_id + status, number, self._tail_id + status])
-    return jnp.concatenate([history, tail]).astype(jnp.int32)
+    return jnp.concatenate([line, tail]).astype(jnp.int32)
 
   def render_text(self, state: MastermindState, params: MastermindParams) -> str:
     """Host-side rendering from the state arrays."""
     del params
     s = jax.device_get(state)
-    codes = self.codes
-    lines = []
-    for turn, guess in enumerate(int(g) for g in s.guesses):
-      if guess < 0:
-        break
-      digits = "".join(str(d) for d in codes[guess])
-      lines.append(f"At turn {turn + 1}, you guessed {digits}. This guess receives "
-                   f"{int(s.blacks[turn])} black peg(s) and "
-                   f"{int(s.whites[turn])} white peg(s).\n")
     turns = int(s.turns)
-    if bool(s.won):
-      lines.append(f"Congratulations! You guessed the correct code in {turns} turn(s).\n")
-    elif turns >= self.max_turns:
-      lines.append(f"You have reached the maximum number of turns ({self.max_turns}).\n")
+    if turns:
+      guess = int(s.guesses[turns - 1])
+      digits = "".join(str(d) for d in self.codes[guess])
+      text = (f"At turn {turns}, you guessed {digits}. This guess receives "
+              f"{int(s.blacks[turns - 1])} black peg(s) and "
+              f"{int(s.whites[turns - 1])} white peg(s).\n")
     else:
-      lines.append(f"Turns left: {self.max_turns - turns}\n")
-    return "".join(lines)
+      text = "No guesses yet.\n"
+    if bool(s.won):
+      return text + f"Congratulations! You guessed the correct code in {turns} turn(s).\n"
+    if turns >= self.max_turns:
+      return text + f"You have reached the maximum number of turns ({self.max_turns}).\n"
+    return text + f"Turns left: {self.max_turns - turns}\n"
 
   def action_mask(self, state: MastermindState, params: MastermindParams) -> jax.Array:
     """bool[num_codes]: the codes not guessed yet in this attempt."""
@@ -317,5 +324,7 @@ class Mastermind(Environment):
     return ~jnp.any(state.guesses[:, None] == codes[None, :], axis=0)
 
   def state_key(self, state: MastermindState) -> jax.Array:
-    """uint32 hash of the guesses and their pegs (not the hidden code)."""
+    """uint32 hash of the attempt's guesses and their pegs (not the hidden
+    code): what the agent has seen of this attempt, the latest guess in its
+    observation and the earlier ones in its transcript."""
     return hash_arrays(state.guesses, state.blacks, state.whites, state.turns)

@@ -21,8 +21,9 @@ guess "babes": YYGGX.
 A guess equal to the word wins (reward ``reward_win``, 1.0, done). After
 ``max_turns`` (10) turns without it the attempt ends, truncated. Guessing a
 word already guessed changes nothing but uses the turn (GEM: "already guessed
-before", an invalid action): ``TimeStep.invalid`` says so, it adds no row, and
-the action mask forbids it. An out-of-range action index is treated the same.
+before", an invalid action): ``TimeStep.invalid`` says so, no guess is
+recorded, and the action mask forbids it. An out-of-range action index is
+treated the same.
 
 Candidates are the words of the list themselves (``crane``): all have five
 letters and differ, so no candidate is a prefix of another. ORBIT does not
@@ -32,20 +33,29 @@ the table (1500 entries) stays a decoding table and every guess is a real
 word. Nonsense probes (five letters picked only to test them) are the one
 strategy this rules out.
 
-The observation lists every guess so far with its marks (the whole history,
-as Wordle's board does: at most ``max_turns`` rows) and the turns left, e.g.
-for the word "board"::
+The observation shows the latest guess with its marks and the turns left,
+e.g. for the word "board" after the guesses "crane" and "roast"::
 
-    Guess 1: crane -> XYGXX
     Guess 2: roast -> YGGXX
     Turns left: 8
 
-and ``No guesses yet.`` above the last line before the first guess. The marks
-are written together, as GEM writes them. A guessed word and its marks are
-rendered as one symbol per letter, so a tokenizer sees each letter and each
-mark as its own token, the marks lined up with the letters (the text is the
-same); single-byte symbols also keep the text codec's slot layout cheap to
-compile with the byte-level tokenizer.
+``No guesses yet.`` takes the guess line's place before the first guess, and
+a wasted turn shows its note there instead: ``Already guessed.`` for a word
+guessed before, ``Not a valid guess.`` for an out-of-range action. Earlier
+guesses are not listed: in a continuous trial (``envs_jax.continuous``) the
+context holds every turn's observation and action, so the transcript already
+carries the history, while the text codec sizes every turn's observation by
+its longest possible rendering, so a board of all ``max_turns`` rows would
+multiply the context (a ten-row board in each of a trial's 30 turns did not
+fit SmolLM2's 8192 positions). This is also what ORBIT's agent sees: GEM's
+Wordle observation is the latest feedback alone ("At turn 2, you guessed
+ROAST / Feedback: ROAST / YGGXX", or "... which has been already guessed
+before"), and ORBIT appends each one to its chat transcript as it is. The
+marks are written together, as GEM writes them. A guessed word and its marks
+are rendered as one symbol per letter, so a tokenizer sees each letter and
+each mark as its own token, the marks lined up with the letters (the text is
+the same); single-byte symbols also keep the text codec's slot layout cheap
+to compile with the byte-level tokenizer.
 """
 
 from __future__ import annotations
@@ -63,10 +73,14 @@ NUM_LETTERS = len(ALPHABET)
 # Marks, in the order of their codes: 0 not in the word, 1 elsewhere, 2 here.
 MARKS = ("X", "Y", "G")
 
-# Symbol ids: letters 0..25, the marks X Y G, the fixed pieces, then
-# one label per guess row ("Guess 1: "...), then the numbers 0..max_turns.
+# The notes of a wasted turn, in the order of ``WordleState.wasted`` (1, 2).
+NOTES = ("Already guessed.\n", "Not a valid guess.\n")
+
+# Symbol ids: letters 0..25, the marks X Y G, the fixed pieces (the notes
+# among them), then one label per guess row ("Guess 1: "...), then the
+# numbers 0..max_turns.
 _FIRST_MARK = NUM_LETTERS
-_PIECES = (" -> ", "\n", "No guesses yet.\n", "Turns left: ")
+_PIECES = (" -> ", "\n", "No guesses yet.\n", "Turns left: ") + NOTES
 _FIRST_PIECE = _FIRST_MARK + len(MARKS)
 _FIRST_LABEL = _FIRST_PIECE + len(_PIECES)
 
@@ -118,6 +132,8 @@ class WordleState:
     marks: int32[max_turns, L], each guess's marks (0 X, 1 Y, 2 G; 0 in
       padding rows).
     steps: int32 turns taken.
+    wasted: int32, what the latest turn wasted: 0 nothing (or no turn yet),
+      1 it repeated an earlier guess, 2 its action was no word (out of range).
     done: bool, the attempt is over.
     won: bool, the word was found.
     truncated: bool, the turns ran out first.
@@ -127,6 +143,7 @@ class WordleState:
   guesses: jax.Array
   marks: jax.Array
   steps: jax.Array
+  wasted: jax.Array
   done: jax.Array
   won: jax.Array
   truncated: jax.Array
@@ -177,16 +194,17 @@ class Wordle(Environment):
 
   @property
   def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
-    """The positions of ``render_symbols`` (unused guess rows are -1)."""
+    """The positions of ``render_symbols``: the first holds the latest guess's
+    label or a line that replaces the guess (its other positions are -1
+    then), and the turns left close it."""
     letters = tuple(range(NUM_LETTERS))
     marks = tuple(range(_FIRST_MARK, _FIRST_MARK + len(MARKS)))
     n = self.word_length
-    row = lambda r: (((_FIRST_LABEL + r,),) + (letters,) * n + ((_piece(" -> "),),)
-                     + (marks,) * n + ((_piece("\n"),),))
+    head = (tuple(range(_FIRST_LABEL, _FIRST_LABEL + self.max_turns))
+            + (_piece("No guesses yet.\n"),) + tuple(_piece(t) for t in NOTES))
     numbers = tuple(range(self._first_number, self._first_number + self.max_turns + 1))
-    return (((_piece("No guesses yet.\n"),),)
-            + tuple(slot for r in range(self.max_turns) for slot in row(r))
-            + ((_piece("Turns left: "),), numbers, (_piece("\n"),)))
+    return ((head,) + (letters,) * n + ((_piece(" -> "),),) + (marks,) * n
+            + ((_piece("\n"),), (_piece("Turns left: "),), numbers, (_piece("\n"),)))
 
   @property
   def max_symbols(self) -> int:
@@ -205,8 +223,9 @@ class Wordle(Environment):
         "your guess than in the secret word is marked G or Y only as many "
         "times as the word holds it (G first, then Y from left to right), X "
         "after that.\n"
-        "The board shows all your guesses with their marks. Guessing a word "
-        "again changes nothing and wastes the turn.\n"
+        "After each guess you see that guess with its marks and the turns "
+        "left; your earlier guesses stay above in the conversation. Guessing a "
+        "word again changes nothing and wastes the turn.\n"
         "Reward: 1 for finding the word, 0 otherwise.\n"
         f"Each turn, answer with your guess: one {n}-letter word in lowercase, "
         f"e.g. {self.words[0]}.")
@@ -224,7 +243,8 @@ class Wordle(Environment):
         answer=jnp.asarray(answer, jnp.int32),
         guesses=jnp.full((self.max_turns,), -1, jnp.int32),
         marks=jnp.zeros((self.max_turns, self.word_length), jnp.int32),
-        steps=jnp.zeros((), jnp.int32), done=false, won=false, truncated=false)
+        steps=jnp.zeros((), jnp.int32), wasted=jnp.zeros((), jnp.int32),
+        done=false, won=false, truncated=false)
 
   def reset(self, key: jax.Array, params: WordleParams):
     """Draws the hidden word uniformly from the first ``num_words`` words."""
@@ -244,11 +264,12 @@ class Wordle(Environment):
     codes = jnp.asarray(word_codes(self.word_list))
     action = jnp.asarray(action, jnp.int32)
     guess = jnp.clip(action, 0, len(self.words) - 1)
-    new = ((action >= 0) & (action < len(self.words))
-           & ~jnp.any(state.guesses == guess))
+    in_range = (action >= 0) & (action < len(self.words))
+    new = in_range & ~jnp.any(state.guesses == guess)
     won = new & (guess == state.answer)
     row = jnp.arange(self.max_turns) == jnp.sum(state.guesses >= 0)
     marks = score_guess(codes[state.answer], codes[guess])
+    wasted = jnp.where(new, 0, jnp.where(in_range, 1, 2)).astype(jnp.int32)
     steps = state.steps + 1
     truncated = ~won & (steps >= self.max_turns)
     done = won | truncated
@@ -256,7 +277,7 @@ class Wordle(Environment):
         answer=state.answer,
         guesses=jnp.where(new & row, guess, state.guesses),
         marks=jnp.where((new & row)[:, None], marks[None, :], state.marks),
-        steps=steps, done=done, won=won, truncated=truncated)
+        steps=steps, wasted=wasted, done=done, won=won, truncated=truncated)
     live_ts = TimeStep(
         reward=jnp.where(won, params.reward_win, 0.0).astype(jnp.float32), done=done,
         won=won, truncated=truncated, invalid=~new, steps=steps)
@@ -268,34 +289,41 @@ class Wordle(Environment):
 
   # ---- views -----------------------------------------------------------------
   def render_symbols(self, state: WordleState, params: WordleParams) -> jax.Array:
-    """int32[max_symbols]: the observation's symbols, unused rows -1."""
+    """int32[max_symbols]: the latest guess (or the line replacing it), the
+    turns left; unused positions -1."""
     del params
-    t = self.max_turns
     codes = jnp.asarray(word_codes(self.word_list))
-    listed = state.guesses >= 0
-    col = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.int32), (t, 1))
-    rows = jnp.concatenate([
-        (_FIRST_LABEL + jnp.arange(t, dtype=jnp.int32))[:, None],
-        codes[jnp.maximum(state.guesses, 0)], col(_piece(" -> ")),
-        _FIRST_MARK + state.marks, col(_piece("\n"))], axis=1)   # [T, 2L + 3]
-    rows = jnp.where(listed[:, None], rows, -1)
+    count = jnp.sum(state.guesses >= 0)
+    last = jnp.maximum(count - 1, 0)
     c = lambda *ids: jnp.asarray(ids, jnp.int32)
+    row = jnp.concatenate([
+        codes[jnp.maximum(state.guesses[last], 0)], c(_piece(" -> ")),
+        _FIRST_MARK + state.marks[last], c(_piece("\n"))])          # [2L + 2]
+    shows_row = (state.wasted == 0) & (count > 0)
+    # The notes are consecutive pieces, in the order of ``wasted``.
+    head = jnp.where(state.wasted > 0, _piece(NOTES[0]) + state.wasted - 1,
+                     jnp.where(count > 0, _FIRST_LABEL + last,
+                               _piece("No guesses yet.\n")))
     return jnp.concatenate([
-        jnp.where(listed[0], -1, _piece("No guesses yet.\n"))[None], rows.reshape(-1),
+        head[None], jnp.where(shows_row, row, -1),
         c(_piece("Turns left: "), 0, _piece("\n")).at[1].set(
-            self._first_number + t - state.steps),
+            self._first_number + self.max_turns - state.steps),
     ]).astype(jnp.int32)
 
   def render_text(self, state: WordleState, params: WordleParams) -> str:
     """Host-side rendering from the state arrays."""
     del params
     s = jax.device_get(state)
-    lines = []
-    for r, g in enumerate(int(i) for i in s.guesses):
-      if g >= 0:
-        marks = "".join(MARKS[int(m)] for m in s.marks[r])
-        lines.append(f"Guess {r + 1}: {self.words[g]} -> {marks}\n")
-    head = "".join(lines) or "No guesses yet.\n"
+    rows = [int(g) for g in s.guesses if int(g) >= 0]
+    wasted = int(s.wasted)
+    if wasted:
+      head = NOTES[wasted - 1]
+    elif rows:
+      r = len(rows) - 1
+      marks = "".join(MARKS[int(m)] for m in s.marks[r])
+      head = f"Guess {r + 1}: {self.words[rows[r]]} -> {marks}\n"
+    else:
+      head = "No guesses yet.\n"
     return head + f"Turns left: {self.max_turns - int(s.steps)}\n"
 
   def action_mask(self, state: WordleState, params: WordleParams) -> jax.Array:
@@ -306,5 +334,11 @@ class Wordle(Environment):
         jnp.where(state.guesses >= 0, state.guesses, n)].set(True, mode="drop")
 
   def state_key(self, state: WordleState) -> jax.Array:
-    """uint32 hash of what the observation shows (not the hidden word)."""
-    return hash_arrays(state.guesses, state.marks, state.steps)
+    """uint32 hash of what the attempt has shown (not the hidden word).
+
+    The board, every guess with its marks in order, the turns taken and the
+    latest turn's note: the observation shows only the latest guess, the
+    transcript holds the others, so two turns are the same anchor state when
+    their boards are, not merely their latest lines.
+    """
+    return hash_arrays(state.guesses, state.marks, state.steps, state.wasted)

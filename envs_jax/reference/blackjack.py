@@ -61,7 +61,6 @@ class PyBlackjack:
     self.slots = values[4:]
     self.drawn: list[int] = []       # slot indices, in draw order
     self.turns = 0
-    self.last = "none"
     self.status = "play"
     return self.render_text()
 
@@ -84,7 +83,6 @@ class PyBlackjack:
     if 0 <= action < NUM_SLOTS and action not in self.drawn:
       self.drawn.append(action)
       self.hand.append(self.slots[action])
-      self.last = f"hit {action:02d}"
       invalid = False
       if best_total(self.hand) > 21:
         self.status = "bust"
@@ -92,7 +90,6 @@ class PyBlackjack:
         self.status = "turns"
     else:   # stand, or a hit that is not possible (played as a stand)
       invalid = action != STAND
-      self.last = "stand"
       mine, theirs = best_total(self.hand), best_total(self.dealer)
       self.status = "won" if theirs < mine <= 21 else "stood"
     won = self.status == "won"
@@ -106,14 +103,11 @@ class PyBlackjack:
     else:
       dealer = f"Dealer (?): {card_name(self.dealer[0])}, ?"
     cards = ", ".join(card_name(v) for v in self.hand)
-    deck = " ".join(
-        f"{i:02d}:{card_name(self.slots[i]) if i in self.drawn else '?'}"
-        for i in range(NUM_SLOTS))
+    drawn = " ".join(f"{i:02d}:{card_name(self.slots[i])}" for i in self.drawn)
     return "\n".join([
         f"Turns taken: {self.turns} of {self.max_turns}",
-        f"Last action: {self.last}",
         f"Status: {STATUS[self.status]}",
         dealer,
         f"Your hand ({best_total(self.hand)}): {cards}",
-        f"Deck (index:value, ?=hidden, drawn=revealed): {deck}",
+        f"Drawn: {drawn or 'none'}",
     ]) + "\n"

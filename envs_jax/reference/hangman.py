@@ -28,6 +28,7 @@ class PyHangman:
     self.guessed: list[str] = []
     self.tried: list[str] = []
     self.steps = 0
+    self.note = ""            # what the latest guess did ("" before the first)
     self.done = self.won = self.truncated = False
 
   def reset(self, word: str) -> str:
@@ -36,6 +37,7 @@ class PyHangman:
     self.guessed = []
     self.tried = []
     self.steps = 0
+    self.note = ""
     self.done = self.won = self.truncated = False
     return self.render_text()
 
@@ -48,19 +50,26 @@ class PyHangman:
       return 0.0, True, self.won, self.truncated, False
     self.steps += 1
     invalid = True
+    self.note = "Not a valid guess.\n"
     if 0 <= action < 26:
       letter = ALPHABET[action]
+      self.note = "Already guessed.\n"
       if letter not in self.guessed:
         self.guessed.append(letter)
         invalid = False
+        self.note = ("In the word.\n" if letter in self.word
+                     else "Not in the word.\n")
     elif 26 <= action < 26 + len(self.words):
       guess = self.words[action - 26]
+      self.note = "Already guessed.\n"
       if guess == self.word:
         self.won = True
         invalid = False
+        self.note = "You guessed the word!\n"
       elif guess not in self.tried:
         self.tried.append(guess)
         invalid = False
+        self.note = "Wrong word.\n"
     if not self.won and self.steps >= self.max_turns:
       self.truncated = True
     self.done = self.won or self.truncated
@@ -73,15 +82,9 @@ class PyHangman:
             + [w not in self.tried for w in self.words])
 
   def render_text(self) -> str:
+    """What the latest guess did, the word's letters found so far, turns left."""
     cells = []
     for ch in self.word:
       cells.append(ch if self.won or ch in self.guessed else "_")
-    letters = " ".join(sorted(self.guessed)) if self.guessed else "none"
-    words = " ".join(self.tried) if self.tried else "none"
-    text = (f"Word: {' '.join(cells)}\n"
-            f"Letters guessed: {letters}\n"
-            f"Words guessed: {words}\n"
+    return (f"{self.note}Word: {' '.join(cells)}\n"
             f"Turns left: {self.max_turns - self.steps}\n")
-    if self.won:
-      text += "You guessed the word!\n"
-    return text

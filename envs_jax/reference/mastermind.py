@@ -75,11 +75,13 @@ class PyMastermind:
             self.done and not self.won, invalid)
 
   def render_text(self) -> str:
-    out = ""
-    for turn, (index, black, white) in enumerate(self.history, start=1):
+    if self.history:
+      index, black, white = self.history[-1]
       guess = "".join(map(str, self.codes[index]))
-      out += (f"At turn {turn}, you guessed {guess}. This guess receives {black} "
-              f"black peg(s) and {white} white peg(s).\n")
+      out = (f"At turn {self.turns}, you guessed {guess}. This guess receives "
+             f"{black} black peg(s) and {white} white peg(s).\n")
+    else:
+      out = "No guesses yet.\n"
     if self.won:
       out += f"Congratulations! You guessed the correct code in {self.turns} turn(s).\n"
     elif self.done:

@@ -41,6 +41,7 @@ class PyWordle:
     self.answer = ""
     self.rows: list[tuple[str, list[str]]] = []
     self.steps = 0
+    self.wasted = ""          # the latest turn's note ("" when it was not wasted)
     self.done = self.won = self.truncated = False
 
   def reset(self, answer: str) -> str:
@@ -48,6 +49,7 @@ class PyWordle:
     self.answer = answer
     self.rows = []
     self.steps = 0
+    self.wasted = ""
     self.done = self.won = self.truncated = False
     return self.render_text()
 
@@ -60,11 +62,14 @@ class PyWordle:
       return 0.0, True, self.won, self.truncated, False
     self.steps += 1
     invalid = True
+    self.wasted = "Not a valid guess.\n"
     if 0 <= action < len(self.words):
       guess = self.words[action]
+      self.wasted = "Already guessed.\n"
       if all(guess != g for g, _ in self.rows):
         self.rows.append((guess, marks(self.answer, guess)))
         invalid = False
+        self.wasted = ""
         self.won = guess == self.answer
     if not self.won and self.steps >= self.max_turns:
       self.truncated = True
@@ -78,8 +83,12 @@ class PyWordle:
     return [w not in guessed for w in self.words]
 
   def render_text(self) -> str:
-    lines = [f"Guess {r}: {guess} -> {''.join(m)}\n"
-             for r, (guess, m) in enumerate(self.rows, start=1)]
-    if not lines:
-      lines = ["No guesses yet.\n"]
-    return "".join(lines) + f"Turns left: {self.max_turns - self.steps}\n"
+    """The latest guess and its marks (or the wasted turn's note), turns left."""
+    if self.wasted:
+      head = self.wasted
+    elif self.rows:
+      guess, m = self.rows[-1]
+      head = f"Guess {len(self.rows)}: {guess} -> {''.join(m)}\n"
+    else:
+      head = "No guesses yet.\n"
+    return head + f"Turns left: {self.max_turns - self.steps}\n"
