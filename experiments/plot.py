@@ -1,12 +1,24 @@
-"""Learning curves of one or more training runs, as a PNG.
+"""Learning curves, or per-episode success, of training runs, as a PNG.
 
     python -m experiments.plot --workdir runs/a --workdir runs/b --output curves.png
+    python -m experiments.plot --kind=episodes --workdir runs/a --output episodes.png
 
-One column per k (pass@1 .. pass@N), training rollouts on the top row and
-held-out evaluation (``eval/`` metrics) on the bottom row, one line per
-workdir labelled ``name (method)`` from its ``config.json``. Reads only
-``metrics.jsonl`` and ``config.json``; renders with matplotlib's Agg backend
-(no display needed).
+``--kind=curves`` (the default): one column per k (pass@1 .. pass@N),
+training rollouts on the top row and held-out evaluation (``eval/`` metrics)
+on the bottom row, one line per workdir labelled ``name (method)`` from its
+``config.json``.
+
+``--kind=episodes``, for continuous trials (method orbit): success of episode
+1 .. K of a trial against the episode index, one panel per game (games that
+trained or were evaluated together log ``<game>/episode_success/...``; a
+single game logs unprefixed keys), one line per workdir. Each run's line comes
+from its held-out evaluation (``eval/...``) at the last step that has one, or
+at ``--step``; a run without evaluation episode metrics falls back to its last
+training record, and the panel title then says "train". The legend gives each
+line's step, its episode 1 -> K improvement and its mean in-context regret.
+
+Reads only ``metrics.jsonl`` and ``config.json``; renders with matplotlib's
+Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -29,6 +41,12 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lamer_jax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROWS = (("", "train"), ("eval/", "held-out eval"))
+SPLITS = {"eval/": "held-out eval", "": "train"}
+KINDS = ("curves", "episodes")
+NOT_CONTINUOUS = ("no episode_success metrics: these runs are not continuous "
+                  "trials (method orbit)")
+# After the split prefix: ``[<game>/]episode_success/episode_<k>``.
+_EPISODE_KEY = re.compile(r"(?:(?P<game>[^/]+)/)?episode_success/episode_(?P<k>\d+)")
 
 
 def run_label(workdir: str) -> str:
@@ -111,14 +129,151 @@ def plot_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], output: str,
   return output
 
 
+def _episode_values(record: dict[str, Any], prefix: str) -> dict[str, dict[int, float]]:
+  """``{game: {k: success}}`` of the split ``prefix`` ("eval/" or "") in one
+  record; the game is "" for unprefixed (single-game) keys."""
+  out: dict[str, dict[int, float]] = {}
+  for key, value in record.items():
+    if not key.startswith(prefix) or (not prefix and key.startswith("eval/")):
+      continue
+    if m := _EPISODE_KEY.fullmatch(key[len(prefix):]):
+      out.setdefault(m.group("game") or "", {})[int(m.group("k"))] = float(value)
+  return out
+
+
+def episode_record(records: Sequence[dict[str, Any]], step: int | None = None
+                   ) -> tuple[str, dict[str, Any]] | None:
+  """The record and split prefix that a run's per-episode line is drawn from.
+
+  Args:
+    records: the run's metrics records.
+    step: take the (last) record with this step; None: the last record with
+      held-out episode metrics, else the last with training ones.
+
+  Returns:
+    ``("eval/", record)`` when the chosen record has held-out episode metrics,
+    ``("", record)`` when it has only training ones, None when there is none.
+  """
+  if step is not None:
+    records = [r for r in records if r.get("step") == step][-1:]
+  for prefix in SPLITS:
+    for record in reversed(records):
+      if _episode_values(record, prefix):
+        return prefix, record
+  return None
+
+
+def episode_series(records: Sequence[dict[str, Any]], step: int | None = None
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``{game: (episode indices 1..K, success fractions)}`` of one run.
+
+  Args:
+    records: the run's metrics records.
+    step: as in ``episode_record``.
+
+  Returns:
+    One entry per game ("" for a single, unprefixed game), from the record
+    ``episode_record`` picks (held-out eval if it has any, else training);
+    empty when the run has no episode metrics.
+  """
+  chosen = episode_record(records, step)
+  return {} if chosen is None else _record_series(chosen[1], chosen[0])
+
+
+def _record_series(record: dict[str, Any], prefix: str
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``episode_series`` of one record and split prefix."""
+  return {game: (np.asarray(sorted(by_k), dtype=np.int64),
+                 np.asarray([by_k[k] for k in sorted(by_k)], dtype=np.float64))
+          for game, by_k in sorted(_episode_values(record, prefix).items())}
+
+
+def _episode_note(record: dict[str, Any], prefix: str, game: str,
+                  values: np.ndarray) -> str:
+  """``step s: ep 1->K +x pts, regret r`` for a legend label."""
+  game_prefix = f"{prefix}{game}/" if game else prefix
+  improvement = record.get(f"{game_prefix}episode_improvement",
+                           values[-1] - values[0])
+  note = (f"step {record.get('step', '?')}: ep 1->{len(values)} "
+          f"{100.0 * improvement:+.1f} pts")
+  if (regret := record.get(f"{game_prefix}regret/mean")) is not None:
+    note += f", regret {regret:.2f}"
+  return note
+
+
+def plot_episodes(runs: Sequence[tuple[str, list[dict[str, Any]]]], output: str,
+                  step: int | None = None) -> str:
+  """Draws per-episode success against episode index, one panel per game.
+
+  Args:
+    runs: (label, metrics records) per run, as from ``load_runs``.
+    output: the PNG file to write.
+    step: the train step to read each run at (the record with that step);
+      None: each run's last held-out evaluation, else its last training record.
+
+  Returns:
+    ``output``.
+
+  Raises:
+    ValueError: no run has episode metrics (at ``step``, if given).
+  """
+  panels: dict[str, list[tuple[str, str, np.ndarray, np.ndarray]]] = {}
+  for label, records in runs:
+    chosen = episode_record(records, step)
+    if chosen is None:
+      continue
+    prefix, record = chosen
+    for game, (ks, values) in _record_series(record, prefix).items():
+      panels.setdefault(game, []).append(
+          (f"{label}, {_episode_note(record, prefix, game, values)}", prefix,
+           ks, values))
+  if not panels:
+    if step is not None and any(episode_series(r) for _, r in runs):
+      raise ValueError(f"no run has episode_success metrics at step {step}")
+    raise ValueError(NOT_CONTINUOUS)
+  cols = min(3, len(panels))
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.4 * rows),
+                           squeeze=False, sharey=True)
+  for i, (ax, (game, lines)) in enumerate(zip(axes.flat, sorted(panels.items()))):
+    splits = {prefix for _, prefix, _, _ in lines}
+    for label, prefix, ks, values in lines:
+      if len(splits) > 1:
+        label += f" [{SPLITS[prefix]}]"
+      ax.plot(ks, 100.0 * values, marker="o", markersize=4, label=label)
+    ax.set_title(f"{game or 'episodes'}: "
+                 f"{' / '.join(SPLITS[p] for p in SPLITS if p in splits)}")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("episode in trial")
+    if i % cols == 0:
+      ax.set_ylabel("% of attempts solving the episode")
+    ax.legend(loc="best", fontsize="small", frameon=False)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.set_visible(False)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  fig.savefig(output, format="png", dpi=110)
+  plt.close(fig)
+  return output
+
+
 def define_flags() -> types.SimpleNamespace:
   """The command-line flags (defined only when run as a program)."""
   return types.SimpleNamespace(
       workdirs=flags.DEFINE_multi_string("workdir", [], "Training run directory "
                                          "(repeat for several runs)."),
-      output=flags.DEFINE_string("output", "curves.png", "PNG file to write."),
+      kind=flags.DEFINE_enum("kind", "curves", KINDS, "curves: pass@k over "
+                             "train steps; episodes: success per episode index "
+                             "of continuous trials (method orbit)."),
+      output=flags.DEFINE_string("output", None, "PNG file to write (default: "
+                                 "<kind>.png)."),
       smooth=flags.DEFINE_integer("smooth", 1, "Moving-average window over "
-                                  "train steps (1: raw)."))
+                                  "train steps (1: raw; --kind=curves)."),
+      step=flags.DEFINE_integer("step", None, "Train step to read the "
+                                "episodes at (default: each run's last "
+                                "evaluation; --kind=episodes)."))
 
 
 def main(argv, args: types.SimpleNamespace):
@@ -126,8 +281,16 @@ def main(argv, args: types.SimpleNamespace):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not args.workdirs.value:
     raise app.UsageError("give at least one --workdir")
-  path = plot_curves(load_runs(args.workdirs.value), args.output.value,
-                     args.smooth.value)
+  kind = args.kind.value
+  output = args.output.value or f"{kind}.png"
+  if kind == "curves":
+    if args.step.value is not None:
+      raise app.UsageError("--step is for --kind=episodes")
+    path = plot_curves(load_runs(args.workdirs.value), output, args.smooth.value)
+  else:
+    if args.smooth.value != 1:
+      raise app.UsageError("--smooth is for --kind=curves")
+    path = plot_episodes(load_runs(args.workdirs.value), output, args.step.value)
   print(f"wrote {path}")
 
 

@@ -615,3 +615,156 @@ def test_full_disk_during_training_is_one_storage_error(experiment, tmp_path):
     _restore(experiment, str(disk / "run"))
   finally:
     subprocess.run(["umount", str(disk)], check=False)
+
+
+# ---- per-episode plots of continuous trials (synthetic metrics) -------------
+
+
+def _episode_metrics(prefix, success, improvement=None, regret=None):
+  """``{prefix}episode_success/episode_k`` (and friends) for one game."""
+  out = {f"{prefix}episode_success/episode_{k}": v
+         for k, v in enumerate(success, 1)}
+  out.update({f"{prefix}episode_steps/episode_{k}": 5.0 - k
+              for k in range(1, len(success) + 1)})
+  out[f"{prefix}episode_success/any"] = max(success)
+  out[f"{prefix}episode_improvement"] = (success[-1] - success[0]
+                                         if improvement is None else improvement)
+  if regret is not None:
+    out[f"{prefix}regret/mean"] = regret
+  return out
+
+
+def _write_run(workdir, rows, name="orbit-run", method="orbit"):
+  """A workdir with config.json and ``rows`` ({step: metrics}) as metrics.jsonl."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(json.dumps({"name": name,
+                                                   "method": method}))
+  writer = metrics.JsonlWriter(workdir / metrics.JSONL_NAME)
+  for step, row in rows.items():
+    writer.write(step, {"pass@1": 0.5, **row})
+  writer.close()
+  return str(workdir)
+
+
+@pytest.fixture
+def episode_runs(tmp_path):
+  single = _write_run(tmp_path / "single", {
+      1: _episode_metrics("", [0.0, 0.25, 0.5]),
+      2: {**_episode_metrics("", [0.25, 0.5, 0.75]),
+          **_episode_metrics("eval/", [0.5, 0.5, 1.0], regret=1.0)},
+      3: _episode_metrics("", [0.5, 0.75, 1.0]),
+  }, name="single")
+  multi = _write_run(tmp_path / "multi", {
+      2: {**_episode_metrics("rps/", [0.0, 0.5]),
+          **_episode_metrics("minesweeper-orbit/", [0.25, 0.25]),
+          **_episode_metrics("eval/rps/", [0.25, 0.75], regret=0.5),
+          **_episode_metrics("eval/maze/", [0.0, 0.25, 0.5, 1.0])},
+      4: {**_episode_metrics("rps/", [0.5, 1.0]),
+          **_episode_metrics("minesweeper-orbit/", [0.5, 0.75])},
+  }, name="multi")
+  train_only = _write_run(tmp_path / "train_only", {
+      1: _episode_metrics("minesweeper-orbit/", [0.0, 0.0, 0.5]),
+      2: _episode_metrics("minesweeper-orbit/", [0.25, 0.5, 0.75]),
+  }, name="train_only")
+  lamer = _write_run(tmp_path / "lamer", {1: {"eval/pass@1": 0.5}},
+                     name="lamer", method="lamer")
+  return {"single": single, "multi": multi, "train_only": train_only,
+          "lamer": lamer}
+
+
+def _as_lists(series):
+  return {game: (ks.tolist(), values.tolist())
+          for game, (ks, values) in series.items()}
+
+
+def test_episode_series_picks_the_last_eval_else_training(episode_runs):
+  read = lambda name: metrics.read_jsonl(
+      os.path.join(episode_runs[name], metrics.JSONL_NAME))
+  # Held-out eval at its last step (2), not the later training record (3).
+  assert _as_lists(plot.episode_series(read("single"))) == {
+      "": ([1, 2, 3], [0.5, 0.5, 1.0])}
+  assert plot.episode_record(read("single"))[0] == "eval/"
+  # Per-game eval keys: the game is what follows eval/; training keys at the
+  # same step (rps/, minesweeper-orbit/) are not mixed in.
+  assert _as_lists(plot.episode_series(read("multi"))) == {
+      "maze": ([1, 2, 3, 4], [0.0, 0.25, 0.5, 1.0]),
+      "rps": ([1, 2], [0.25, 0.75])}
+  # An explicit step without eval episodes: that record's training episodes.
+  assert _as_lists(plot.episode_series(read("multi"), step=4)) == {
+      "minesweeper-orbit": ([1, 2], [0.5, 0.75]), "rps": ([1, 2], [0.5, 1.0])}
+  assert _as_lists(plot.episode_series(read("single"), step=1)) == {
+      "": ([1, 2, 3], [0.0, 0.25, 0.5])}
+  assert plot.episode_series(read("single"), step=7) == {}
+  # No eval episodes at all: the last training record, a dashed game name.
+  assert plot.episode_record(read("train_only"))[0] == ""
+  assert _as_lists(plot.episode_series(read("train_only"))) == {
+      "minesweeper-orbit": ([1, 2, 3], [0.25, 0.5, 0.75])}
+  assert plot.episode_series(read("lamer")) == {}
+
+
+def test_plot_episodes_writes_png_per_game(episode_runs, tmp_path, monkeypatch):
+  runs = plot.load_runs([episode_runs[n] for n in ("single", "multi",
+                                                   "train_only", "lamer")])
+  titles, labels = [], []
+  real_close = plot.plt.close
+
+  def close(fig):   # the drawn panels, read as plot_episodes closes its figure
+    for ax in fig.axes:
+      if ax.get_visible():
+        titles.append(ax.get_title())
+        labels.append(ax.get_legend_handles_labels()[1])
+    real_close(fig)
+  monkeypatch.setattr(plot.plt, "close", close)
+
+  out = plot.plot_episodes(runs, str(tmp_path / "out" / "episodes.png"))
+  data = pathlib.Path(out).read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+  assert titles == ["episodes: held-out eval", "maze: held-out eval",
+                    "minesweeper-orbit: train", "rps: held-out eval"]
+  assert labels[0] == ["single (orbit), step 2: ep 1->3 +50.0 pts, regret 1.00"]
+  assert labels[1] == ["multi (orbit), step 2: ep 1->4 +100.0 pts"]
+  assert labels[2] == ["train_only (orbit), step 2: ep 1->3 +50.0 pts"]
+  assert labels[3] == ["multi (orbit), step 2: ep 1->2 +50.0 pts, regret 0.50"]
+
+  # At step 4 only the multi run has a record: its training episodes.
+  titles.clear()
+  labels.clear()
+  plot.plot_episodes(runs, str(tmp_path / "step4.png"), step=4)
+  assert titles == ["minesweeper-orbit: train", "rps: train"]
+  assert labels == [["multi (orbit), step 4: ep 1->2 +25.0 pts"],
+                    ["multi (orbit), step 4: ep 1->2 +50.0 pts"]]
+
+
+def test_plot_episodes_refuses_runs_without_episode_metrics(episode_runs):
+  lamer = plot.load_runs([episode_runs["lamer"]])
+  with pytest.raises(ValueError, match=r"no episode_success metrics: these runs "
+                     r"are not continuous trials \(method orbit\)"):
+    plot.plot_episodes(lamer, os.path.join(episode_runs["lamer"], "e.png"))
+  assert not os.path.exists(os.path.join(episode_runs["lamer"], "e.png"))
+  single = plot.load_runs([episode_runs["single"]])
+  with pytest.raises(ValueError, match="at step 9"):
+    plot.plot_episodes(single, os.path.join(episode_runs["single"], "e.png"),
+                       step=9)
+
+
+def test_plot_main_kind_episodes(episode_runs, tmp_path, capsys):
+  import types  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "episodes.png"
+  args = types.SimpleNamespace(
+      workdirs=_Flag([episode_runs["multi"]]), output=_Flag(str(out)),
+      smooth=_Flag(1), kind=_Flag("episodes"), step=_Flag(None))
+  plot.main(["plot"], args)
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert f"wrote {out}" in capsys.readouterr().out
+  with pytest.raises(app.UsageError, match="--step is for --kind=episodes"):
+    plot.main(["plot"], types.SimpleNamespace(
+        workdirs=_Flag([episode_runs["multi"]]), output=_Flag(str(out)),
+        smooth=_Flag(1), kind=_Flag("curves"), step=_Flag(3)))
+
+
+class _Flag:
+  """Stands in for an absl FlagHolder (``.value``)."""
+
+  def __init__(self, value):
+    self.value = value

@@ -19,7 +19,6 @@ Training stops early once the second attempts win reliably.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import jax
@@ -27,8 +26,7 @@ import numpy as np
 import pytest
 
 import envs_jax
-from lamer_jax.agent.layout import (ACTION_OPEN, ContextLayout, TrialShape,
-                                    build_layout, chat_pieces)
+from lamer_jax.agent.layout import TrialShape, build_layout, short_prompt
 from lamer_jax.agent.trial import RolloutConfig, eval_seeds
 from lamer_jax.algos import lamer as train_lib
 from lamer_jax.models import llama
@@ -44,24 +42,6 @@ ALGO = train_lib.AlgoConfig(estimator="grpo", normalize_std=True, gamma_traj=0.6
                             lr=3e-3, entropy_coef=0.0, weight_decay=0.0)
 
 
-def short_prompt_layout(tokenizer, env, shape: TrialShape, **kwargs
-                        ) -> ContextLayout:
-  """``build_layout`` with the instructions and the per-turn prose removed.
-
-  The system message holds only the memory; a turn is the observation and
-  ``<action>``. Memory headers and every other piece are unchanged.
-  """
-  layout = build_layout(tokenizer, env, shape, **kwargs)
-  chat = chat_pieces(tokenizer)
-
-  def tok(text):
-    return np.asarray(tokenizer.encode(text), np.int32)
-
-  return dataclasses.replace(
-      layout, prefix_open=tok(chat.system_open), turn_open=tok(chat.user_open),
-      turn_close=tok(chat.user_close + ACTION_OPEN))
-
-
 def _fmt(values) -> str:
   return " ".join(f"{v:5.3f}" for v in values)
 
@@ -72,7 +52,8 @@ def test_lamer_learns_to_use_memory_on_guess():
   env = envs_jax.make("guess", num_options=2)
   shape = TrialShape(num_tasks=NUM_TASKS, group_size=GROUP_SIZE,
                      num_attempts=2, num_turns=1)
-  layout = short_prompt_layout(ByteTokenizer(), env, shape, memory="history_only")
+  layout = short_prompt(build_layout(ByteTokenizer(), env, shape, memory="history_only"),
+                        ByteTokenizer())
   mcfg = llama.TINY_CONFIGS[MODEL]
   step = train_lib.make_train_step(env, mcfg, layout, RolloutConfig(), ALGO)
   evaluate = train_lib.make_eval_fn(

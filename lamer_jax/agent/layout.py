@@ -373,6 +373,20 @@ class ContextLayout:
             f"{self.reflect_len}")
 
 
+def short_prompt(layout: ContextLayout, tokenizer) -> ContextLayout:
+  """``layout`` with the instructions and the per-turn prose removed.
+
+  For from-scratch models, which get nothing from English rules text: the
+  system message holds only the memory, a turn only the observation and
+  ``<action>``. Memory headers and every other piece are unchanged.
+  """
+  chat = chat_pieces(tokenizer)
+  tok = lambda text: _tok(tokenizer, text)
+  return dataclasses.replace(
+      layout, prefix_open=tok(chat.system_open), turn_open=tok(chat.user_open),
+      turn_close=tok(chat.user_close + ACTION_OPEN))
+
+
 def build_layout(tokenizer, env, shape: TrialShape, *,
                  memory: str = "reflection_only", reflection_tokens: int = 64,
                  system_extra: str = "", action_mode: str = "constrained",
@@ -403,11 +417,14 @@ def build_layout(tokenizer, env, shape: TrialShape, *,
   codec = TextCodec.for_env(tokenizer, env, action_terminator=ACTION_CLOSE)
   pad = pad_id_of(tokenizer)
   eos = int(tokenizer.eos_token_id)
+  # One attempt (single-episode RL, ORBIT's continuous trials) gets no
+  # sentence about attempts.
+  attempts = (f" You have up to {num_attempts} attempts at the same task; each "
+              f"attempt restarts from the same initial state." if num_attempts > 1
+              else "")
   system = (f"{env.instructions}\nAnswer every turn with exactly one action inside "
             f"{ACTION_OPEN}{ACTION_CLOSE}, for example {ACTION_OPEN}"
-            f"{env.action_strings[0]}{ACTION_CLOSE}. You have up to {num_attempts} "
-            f"attempts at the same task; each attempt restarts from the same "
-            f"initial state.{system_extra}")
+            f"{env.action_strings[0]}{ACTION_CLOSE}.{attempts}{system_extra}")
   headers = [f"On attempt #{k + 1}, the task is NOT successfully completed. "
              f"Your reflection is: " for k in range(max(1, num_attempts - 1))]
   hist = [f"On attempt #{k + 1}, you took these actions: "
