@@ -1,6 +1,6 @@
 """Benchmarks, one subcommand each.
 
-    python -m experiments.benchmark {cache,envs,generate,scaling} [--write_docs]
+    python -m experiments.benchmark {cache,envs,generate,mix,scaling} [--write_docs]
 
 Every subcommand is a function in ``SUBCOMMANDS`` that takes no arguments
 (it reads its own flags) and returns one markdown section: a ``## Title`` line,
@@ -599,22 +599,47 @@ _ENV_BATCHES = flags.DEFINE_list(
 _ENV_SECONDS = flags.DEFINE_float(
     "env_seconds", 1.0, "Minimum seconds of each of the timing windows of an "
     "env benchmark cell (the best window counts).")
+_ENV_NAMES = flags.DEFINE_list(
+    "envs", ["sokoban", "minesweeper"], "Games of the env benchmark: names "
+    "(sokoban, minesweeper, and ORBIT's rps, minesweeper-orbit, hangman, "
+    "wordle, blackjack, maze, mastermind) or groups: orbit (ORBIT's seven), "
+    "all.")
 
 
 def bench_envs() -> str:
   """Steps/s of the batched JAX games vs the plain-Python reference loop."""
   from experiments import bench_envs as envs_benchmark  # pylint: disable=g-import-not-at-top
+  envs = envs_benchmark.expand_envs(_ENV_NAMES.value)
   table = envs_benchmark.run(batches=tuple(int(b) for b in _ENV_BATCHES.value),
-                             min_seconds=_ENV_SECONDS.value)
+                             min_seconds=_ENV_SECONDS.value, envs=envs)
+  # Each set of games keeps its own section, so that measuring one set
+  # leaves the other's table in the docs.
+  title = {envs_benchmark.DEFAULT_ENVS: "## Environments",
+           envs_benchmark.ORBIT: "## Environments: ORBIT's games"}.get(
+               tuple(envs), f"## Environments: {', '.join(envs)}")
   return "\n".join([
-      "## Environments", "", f"Command: `{_command()}`", "", table,
+      title, "", f"Command: `{_command()}`", "", table,
       f"Machine: {_machine()}; {datetime.date.today().isoformat()}.", ""])
+
+
+def bench_mix() -> str:
+  """Slots of ORBIT's games: one sub-batch per game against a union layout."""
+  from experiments import bench_mix as mix_benchmark  # pylint: disable=g-import-not-at-top
+  from experiments.configs import orbit  # pylint: disable=g-import-not-at-top
+  from experiments.bench_envs import _tokenizer  # pylint: disable=g-import-not-at-top
+  tokenizer, name = _tokenizer()
+  table = mix_benchmark.run(tokenizer, name, orbit.GAMES, orbit.EPISODES)
+  return "\n".join([
+      "## Multi-task layouts", "", f"Command: `{_command()}`", "",
+      (mix_benchmark.__doc__ or "").split("\n\n", 1)[1].strip(), "", table,
+      f"{datetime.date.today().isoformat()}.", ""])
 
 
 SUBCOMMANDS: dict[str, Callable[[], str]] = {
     "cache": bench_cache,
     "envs": bench_envs,
     "generate": bench_generate,
+    "mix": bench_mix,
     "scaling": bench_scaling,
 }
 
