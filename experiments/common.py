@@ -189,8 +189,11 @@ def env_params(env: Environment, overrides: dict[str, Any]) -> Any:
 
 
 def num_turns(config: ml_collections.ConfigDict, env: Environment) -> int:
-  """Turns per attempt: ``rollout.num_turns``, by default the game's limit."""
-  return config.rollout.num_turns or int(env.max_turns)
+  """Turns per attempt: ``rollout.num_turns``, by default the game's limit
+  (in a mix of games, a cap: no game plays more than its own limit)."""
+  if not config.rollout.num_turns:
+    return int(env.max_turns)
+  return min(config.rollout.num_turns, int(env.max_turns))
 
 
 def trial_shape(config: ml_collections.ConfigDict,
@@ -299,8 +302,13 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
                       " leave them empty (register a variant in envs_jax.registry)")
   env = make_env(config)
   env_params(env, dict(config.env.params))
-  for name in dict.fromkeys(names + evaluated):
-    _check_turns(config, make_env(config, name))
+  games = tuple(dict.fromkeys(names + evaluated))
+  for name in games:
+    game = make_env(config, name)
+    if len(games) == 1:
+      _check_turns(config, game)
+    elif getattr(game, "max_turns", None) is None:
+      raise ConfigError(f"{game.name} has no max_turns, which a mix of games needs")
   name = config.model.name
   if name not in loading.valid_names() and not os.path.exists(os.path.expanduser(name)):
     raise ConfigError(f"model.name={name!r} is not valid; choose one of "

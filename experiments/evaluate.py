@@ -121,7 +121,7 @@ def main(argv, args: types.SimpleNamespace):
   print(f"{report['name']} ({report['method']}, step {report['step']}): "
         f"{report['num_tasks']} held-out tasks x {report['num_attempts']} attempts, "
         f"memory {report['memory']}")
-  print(evaluation.format_table(report["metrics"]))
+  print(evaluation.format_report(report["metrics"]))
   if args.output.value:
     print(f"wrote {args.output.value}")
 

@@ -119,7 +119,7 @@ def main(argv, args: types.SimpleNamespace):
                           jax.random.key(args.seed.value))
   print(f"uniformly random allowed actions on {env.name}: "
         f"{args.num_tasks.value} held-out tasks x {args.attempts.value} attempts")
-  print(evaluation.format_table(metrics))
+  print(evaluation.format_report(metrics))
   print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                  if not k.startswith(("pass@", "success", "episode_"))))
   if args.episodes.value:

@@ -311,7 +311,9 @@ def _loop(config, workdir, exp, experiment, ckpt, state, step, resume_step,
         elapsed = time.perf_counter() - t0
         step += 1
         row["time/step_s"] = elapsed
-        row["perf/tokens_per_s"] = row["generated_tokens"] / elapsed
+        generated = row.get("generated_tokens", sum(
+            v for k, v in row.items() if k.endswith("/generated_tokens")))
+        row["perf/tokens_per_s"] = generated / elapsed
         every = config.train.eval_every
         if step == steps or (every and step % every == 0):
           t1 = time.perf_counter()
@@ -320,14 +322,17 @@ def _loop(config, workdir, exp, experiment, ckpt, state, step, resume_step,
           row["time/eval_s"] = time.perf_counter() - t1
         with storage.refused_writes(f"writing metrics in {workdir}"):
           writers.write(step, row)
-        bar.set_postfix({"step": step, f"pass@{attempts}": row[f"pass@{attempts}"],
-                         "return": row["return/mean"],
+        # A mix reports per game: the bar shows the mean over its games.
+        bar.set_postfix({"step": step, f"pass@{attempts}": evaluation.mean_over_games(
+                             row, f"pass@{attempts}"),
+                         "return": evaluation.mean_over_games(row, "return/mean"),
                          "tok/s": row["perf/tokens_per_s"]}, refresh=False)
         bar.update(1)
         if step % config.train.log_every == 0:
           logging.info("step %d: %s", step, " ".join(
               f"{k}={v:.4g}" for k, v in row.items()
-              if k.startswith(("pass@", "eval/pass@", "return", "loss/pg"))))
+              if "pass@" in k or k.startswith("loss/pg") or "return/" in k
+              or "episode_improvement" in k))
         guard.check(step, row)
         if _preemption_reached(step) and stop.signum is None:
           logging.warning("step %d: preemption notice (multi-host sync point); "
@@ -375,7 +380,7 @@ def main(argv, args: types.SimpleNamespace):
   if signum is not None:
     sys.exit(128 + signum)
   print(f"\n{config.name}: held-out pass@k ({common.eval_num_tasks(config)} tasks)")
-  print(evaluation.format_table(results))
+  print(evaluation.format_report(results))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,52 @@ def format_table(metrics: dict[str, object]) -> str:
   return "\n".join(lines)
 
 
+def game_prefixes(metrics: dict[str, object]) -> list[str]:
+  """The per-game prefixes of a metrics dict (``["maze/", "rps/"]``), in
+  order of appearance; ``[""]`` for unprefixed single-game metrics."""
+  prefixes = []
+  for key in metrics:
+    m = re.fullmatch(r"(.*/)?pass@\d+", key)
+    if m and (m.group(1) or "") not in prefixes:
+      prefixes.append(m.group(1) or "")
+  return prefixes
+
+
+def mean_over_games(metrics: dict[str, object], key: str) -> float:
+  """``metrics[key]``, or the mean of ``"<game>/<key>"`` over the games of a
+  mix (NaN when no game reports it)."""
+  if key in metrics:
+    return float(np.asarray(metrics[key]))
+  values = [float(np.asarray(metrics[p + key])) for p in game_prefixes(metrics)
+            if p + key in metrics]
+  return float(np.mean(values)) if values else float("nan")
+
+
+def format_report(metrics: dict[str, object]) -> str:
+  """``format_table`` per game (a heading per game of a mix) and, for
+  continuous trials, a table of success and steps per episode with the
+  improvement and the regret (host side)."""
+  out = []
+  for prefix in game_prefixes(metrics) or [""]:
+    game = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    if prefix:
+      out.append(f"{prefix[:-1]}:")
+    out.append(format_table(game))
+    ks = sorted(int(m.group(1)) for key in game
+                if (m := re.fullmatch(r"episode_success/episode_(\d+)", key)))
+    if ks:
+      cell = lambda key, scale=100.0, fmt=".1f": (
+          f"{scale * float(np.asarray(game[key])):{fmt}}" if key in game else "-")
+      out += ["| episode | success | steps |", "|---|---|---|"]
+      out += [f"| {k} | {cell(f'episode_success/episode_{k}')} | "
+              f"{cell(f'episode_steps/episode_{k}', 1.0, '.2f')} |" for k in ks]
+      out.append(f"episode {ks[-1]} - episode 1: "
+                 f"{cell('episode_improvement', fmt='+.1f')} points; in-context "
+                 f"regret {cell('regret/mean', 1.0, '.3f')} (of {ks[-1]})")
+    out.append("")
+  return "\n".join(out).rstrip("\n")
+
+
 def in_context_regret(episode_returns: jax.Array,
                       optimal_return: float | jax.Array) -> jax.Array:
   """ORBIT's in-context regret of each trial: ``E * J* - sum_e G(e)``.

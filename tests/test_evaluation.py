@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -83,3 +84,22 @@ def test_in_context_regret():
   np.testing.assert_allclose(evaluation.in_context_regret(g, 1.0), [1, 3, 0])
   np.testing.assert_allclose(
       jax.jit(evaluation.in_context_regret)(g, 2.0), [4, 6, 3])
+
+
+def test_format_report_per_game_and_per_episode():
+  single = evaluation.trial_metrics(*hand_trials())
+  assert evaluation.format_report(single) == evaluation.format_table(single)
+  solved = jnp.array([[[False, True, True]], [[True, True, True]]])
+  steps = jnp.array([[[4, 2, 1]], [[3, 1, 1]]], jnp.int32)
+  episodes = evaluation.episode_metrics(solved, steps, jnp.ones((2, 1), bool))
+  mix = {f"{game}/{k}": v for game in ("maze", "rps")
+         for k, v in {**single, **episodes}.items()}
+  report = evaluation.format_report(mix)
+  assert evaluation.game_prefixes(mix) == ["maze/", "rps/"]
+  assert report.startswith("maze:\n| k | pass@k")
+  assert "\nrps:\n| k | pass@k" in report
+  assert "| 1 | 50.0 | 3.50 |" in report and "| 3 | 100.0 | 1.00 |" in report
+  assert "episode 3 - episode 1: +50.0 points; in-context regret 0.500 (of 3)" in report
+  assert evaluation.mean_over_games(mix, "pass@1") == pytest.approx(
+      float(single["pass@1"]))
+  assert np.isnan(evaluation.mean_over_games(mix, "nope"))

@@ -28,7 +28,7 @@ import envs_jax
 from experiments import common, evaluate, plot, random_baseline, train
 from experiments.configs import base, tiny
 from experiments.configs import orbit as orbit_configs
-from lamer_jax import checkpoint, metrics, returns, storage
+from lamer_jax import checkpoint, evaluation, metrics, returns, storage
 from lamer_jax.algos.lamer import AlgoConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -768,3 +768,30 @@ class _Flag:
 
   def __init__(self, value):
     self.value = value
+
+
+# ---- several games: ORBIT's continuous trials and a multi-task mix ------------
+def test_orbit_mix_trains_and_reports_per_game(tmp_path, capsys):
+  """A two-game mix (guess and MineSweeper 4x4) in continuous trials of 2
+  episodes, through ``train.train`` and ``main``'s report."""
+  config = small_config(**{
+      "method": "orbit", "env.name": "guess,minesweeper-4x4", "env.episodes": 2,
+      "eval.games": "minesweeper-4x4", "rollout.num_attempts": 1,
+      "rollout.memory": "none", "eval.num_attempts": 1, "algo.gamma_step": 1.0,
+      "eval.num_tasks": 2, "train.steps": 1, "train.eval_every": 1,
+      "rollout.num_turns": 6})
+  exp = common.build(config)
+  assert [g.name for g in exp.train_games] == ["guess", "minesweeper-4x4"]
+  assert [g.env.name for g in exp.eval_games] == ["minesweeper-x2"]
+  results, _ = train.train(config, str(tmp_path / "mix"), experiment=exp,
+                           progress=False)
+  records = metrics.read_jsonl(str(tmp_path / "mix" / metrics.JSONL_NAME))
+  row = records[-1]
+  for game in ("guess", "minesweeper-4x4"):
+    assert 0.0 <= row[f"{game}/episode_success/episode_2"] <= 1.0
+    assert f"{game}/regret/mean" in row
+  assert "pass@1" not in row and "eval/minesweeper-4x4/pass@1" in row
+  assert set(results) == {k[len("eval/"):] for k in row if k.startswith("eval/")}
+  report = evaluation.format_report(results)
+  assert report.startswith("minesweeper-4x4:\n| k | pass@k")
+  assert "| episode | success | steps |" in report and "in-context regret" in report

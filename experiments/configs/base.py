@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.rollout.num_tasks = 16
   config.rollout.group_size = 8
   config.rollout.num_attempts = 3
-  config.rollout.num_turns = config_dict.placeholder(int)  # None: env.max_turns
+  # None: env.max_turns (in a mix of games, a cap on every game's limit).
+  config.rollout.num_turns = config_dict.placeholder(int)
   config.rollout.memory = "reflection_only"
   # LaMer cuts a reflection at 2000 characters, about 512 tokens.
   config.rollout.reflection_tokens = 512
