@@ -76,3 +76,10 @@ register("minesweeper-orbit", "envs_jax.games.minesweeper:MineSweeper",
          name="minesweeper-orbit", height=5,
          width=5, num_mines=5, max_turns=8, first_click="agent", safe_zone="3x3",
          reward_scheme="success")
+# SAC-GLAM's multi-goal world (LittleZoo): training kinds, MAGELLAN's test
+# scenes (a held-out target among training kinds), and held-out kinds only.
+register("playground", "envs_jax.games.playground:Playground")
+register("playground-test", "envs_jax.games.playground:Playground",
+         name="playground-test", split="test")
+register("playground-heldout", "envs_jax.games.playground:Playground",
+         name="playground-heldout", split="heldout")

@@ -15,6 +15,11 @@ words), ``blackjack`` (a fixed deck whose slots the player picks) for training;
 digits of 6) held out. The word lists ship in ``envs_jax/data`` (made by
 ``scripts/make_wordlists.py``).
 
+SAC-GLAM's world: ``playground`` (LittleZoo's Playground-Text: grasp and grow
+goals over furniture, plants, herbivores and carnivores, with the goals a
+state achieves for hindsight relabeling; ``playground-test`` and
+``playground-heldout`` hold out kinds).
+
 The modules are imported lazily by the registry, so that ``import envs_jax``
 stays cheap.
 """
