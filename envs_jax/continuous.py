@@ -143,11 +143,14 @@ class Continuous(Environment):
     return 2 * self.game.max_symbols + 4
 
   @property
-  def symbol_slots(self) -> tuple[tuple[int, ...], ...] | None:
+  def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
+    """The game's slots (any of its symbols at each position when it declares
+    none) around the four wrapper positions, so the header's long pieces
+    never size the game's positions."""
+    b = self._base
     inner = self.game.symbol_slots
     if inner is None:
-      return None
-    b = self._base
+      inner = (tuple(range(b)),) * self.game.max_symbols
     numbers = tuple(range(b + 4, b + 4 + self.episodes))
     return (tuple(inner) + ((b, b + 1), (b + 2,), numbers, (b + 3,))
             + tuple(inner))

@@ -71,6 +71,19 @@ class GuessNumber(Environment):
     return 3 + 2 * self.num_options
 
   @property
+  def symbol_slots(self) -> tuple[tuple[int, ...], ...]:
+    """Per position of ``render_symbols``: "Tried:", then " nothing" or the
+    first pair's space, then numbers and spaces alternating, each of them
+    possibly the closing newline (and -1 padding after it)."""
+    k = self.num_options
+    numbers = tuple(range(k))
+    tried_id, space_id, newline_id, nothing_id = k, k + 1, k + 2, k + 3
+    slots = [(tried_id,), (nothing_id, space_id)]
+    for p in range(2, self.max_symbols):
+      slots.append(numbers + (newline_id,) if p % 2 == 0 else (space_id, newline_id))
+    return tuple(slots)
+
+  @property
   def instructions(self) -> str:
     return (f"Guess the hidden number between 1 and {self.num_options}. "
             "A right guess wins.")
