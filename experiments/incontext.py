@@ -143,7 +143,7 @@ def plot(results: dict[int, list[dict[str, list[float]]]], path: str) -> str:
 def define_flags() -> types.SimpleNamespace:
   return types.SimpleNamespace(
       seeds=flags.DEFINE_integer("seeds", 3, "Seeds per condition."),
-      steps=flags.DEFINE_integer("steps", 120, "Train steps per run."),
+      steps=flags.DEFINE_integer("steps", 200, "Train steps per run."),
       tasks=flags.DEFINE_integer("tasks", 16, "Tasks per train step."),
       eval_tasks=flags.DEFINE_integer("eval_tasks", 512, "Held-out tasks."),
       output_dir=flags.DEFINE_string("output_dir", ".", "Where incontext.png goes."))
