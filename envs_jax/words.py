@@ -87,3 +87,24 @@ def word_codes(name: str) -> np.ndarray:
                    np.int32)
   codes.setflags(write=False)
   return codes
+
+
+class WordListMixin:
+  """The word-list part of a word game (Hangman, Wordle): a frozen dataclass
+  with ``max_turns`` and ``word_list`` fields mixes this in."""
+
+  max_turns: int
+  word_list: str
+
+  def __post_init__(self):
+    if self.max_turns < 1:
+      raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+    load_words(self.word_list)   # fail early on a missing or malformed list
+
+  @property
+  def words(self) -> tuple[str, ...]:
+    return load_words(self.word_list)
+
+  @property
+  def word_length(self) -> int:
+    return len(self.words[0])

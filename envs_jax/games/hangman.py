@@ -69,7 +69,7 @@ import numpy as np
 from flax import struct
 
 from envs_jax.core import Environment, TimeStep, hash_arrays
-from envs_jax.words import ALPHABET, load_words, word_codes
+from envs_jax.words import ALPHABET, WordListMixin, word_codes
 
 NUM_LETTERS = len(ALPHABET)
 
@@ -134,7 +134,7 @@ class HangmanState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Hangman(Environment):
+class Hangman(WordListMixin, Environment):
   """Hangman with a turn cap and no lives; won only by naming the word.
 
   Attributes:
@@ -146,20 +146,6 @@ class Hangman(Environment):
   name: str = "hangman"
   max_turns: int = 10
   word_list: str = "words3"
-
-  def __post_init__(self):
-    if self.max_turns < 1:
-      raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
-    load_words(self.word_list)   # fail early on a missing or malformed list
-
-  # ---- the word list -------------------------------------------------------
-  @property
-  def words(self) -> tuple[str, ...]:
-    return load_words(self.word_list)
-
-  @property
-  def word_length(self) -> int:
-    return len(self.words[0])
 
   @property
   def _codes(self) -> np.ndarray:

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from envs_jax.core import Environment, TimeStep, hash_arrays
-from envs_jax.words import ALPHABET, load_words, word_codes
+from envs_jax.words import ALPHABET, WordListMixin, word_codes
 
 NUM_LETTERS = len(ALPHABET)
 # Marks, in the order of their codes: 0 not in the word, 1 elsewhere, 2 here.
@@ -150,7 +150,7 @@ class WordleState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Wordle(Environment):
+class Wordle(WordListMixin, Environment):
   """Wordle with G/Y/X marks; the allowed guesses are the word list.
 
   Attributes:
@@ -162,20 +162,6 @@ class Wordle(Environment):
   name: str = "wordle"
   max_turns: int = 10
   word_list: str = "words5"
-
-  def __post_init__(self):
-    if self.max_turns < 1:
-      raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
-    load_words(self.word_list)   # fail early on a missing or malformed list
-
-  # ---- the word list -------------------------------------------------------
-  @property
-  def words(self) -> tuple[str, ...]:
-    return load_words(self.word_list)
-
-  @property
-  def word_length(self) -> int:
-    return len(self.words[0])
 
   # ---- static description ------------------------------------------------
   @property
