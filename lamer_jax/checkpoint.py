@@ -101,6 +101,8 @@ def state_to_tree(state: TrainState) -> dict[str, Any]:
           "step": state.step, "key": jax.random.key_data(state.key)}
   if state.ref_params is not None:
     tree["ref_params"] = state.ref_params
+  if state.extra is not None:
+    tree["extra"] = state.extra
   return tree
 
 
@@ -108,7 +110,8 @@ def tree_to_state(tree: dict[str, Any], key_impl: str) -> TrainState:
   """Inverse of ``state_to_tree``."""
   return TrainState(params=tree["params"], opt_state=tree["opt_state"],
                     ref_params=tree.get("ref_params"), step=tree["step"],
-                    key=jax.random.wrap_key_data(tree["key"], impl=key_impl))
+                    key=jax.random.wrap_key_data(tree["key"], impl=key_impl),
+                    extra=tree.get("extra"))
 
 
 def _short(e: Exception, limit: int = 300) -> str:
@@ -128,8 +131,9 @@ def _abstract_tree(abstract_state: TrainState) -> dict[str, Any]:
   source = dict(shapes, params=abstract_state.params,
                 opt_state=abstract_state.opt_state, step=abstract_state.step,
                 key=abstract_state.key)
-  if "ref_params" in shapes:
-    source["ref_params"] = abstract_state.ref_params
+  for name in ("ref_params", "extra"):
+    if name in shapes:
+      source[name] = getattr(abstract_state, name)
   return jax.tree.map(
       lambda t, a: jax.ShapeDtypeStruct(t.shape, t.dtype,
                                         sharding=getattr(a, "sharding", None)),

@@ -71,6 +71,10 @@ class TrainState:
   ref_params: Any          # frozen reference policy (None unless kl_coef > 0)
   step: jax.Array
   key: jax.Array
+  # A method's further state (a pytree, checkpointed with the rest): PPO's
+  # value head and its optimiser state; SAC's Q heads, target copies,
+  # temperature, replay buffer and live envs. None for LaMer, GRPO, GiGPO.
+  extra: Any = None
 
 
 def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
@@ -320,8 +324,8 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
     metrics["advantage/abs_mean"] = (
         sum(jnp.abs(d["advantages"]).sum() for d in datas)
         / jnp.maximum(sum(d["loss_mask"].sum() for d in datas), 1))
-    new_state = TrainState(params=params, opt_state=opt_state,
-                           ref_params=state.ref_params, step=state.step + 1, key=key)
+    new_state = state.replace(params=params, opt_state=opt_state,
+                              step=state.step + 1, key=key)
     return new_state, metrics
 
   if not jit:
