@@ -45,7 +45,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["envs_jax*", "lamer_jax*", "experiments*"]),
     # The word lists of Hangman and Wordle (made by scripts/make_wordlists.py).
-    package_data={"envs_jax": ["data/*.txt"]},
+    package_data={"envs_jax": ["data/*.txt", "data/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -83,3 +83,10 @@ register("playground-test", "envs_jax.games.playground:Playground",
          name="playground-test", split="test")
 register("playground-heldout", "envs_jax.games.playground:Playground",
          name="playground-heldout", split="heldout")
+# WebShop over a static catalog: 2000 generated products, a 200-product one
+# for tests, and the packaged 15-product JSON sample (the loader's schema).
+register("webshop", "envs_jax.games.webshop:WebShop")
+register("webshop-small", "envs_jax.games.webshop:WebShop", name="webshop-small",
+         num_products=200)
+register("webshop-sample", "envs_jax.games.webshop:WebShop", name="webshop-sample",
+         catalog="sample")

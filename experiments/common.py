@@ -18,6 +18,11 @@ Methods (``config.method``):
   * ``orbit``: ORBIT's in-context online learning: trains and evaluates one
     continuous trial of ``env.episodes`` episodes per row (one attempt, no
     memory but the transcript itself), trajectory-level GRPO;
+  * ``sac``: SAC with hindsight relabeling (SAC-GLAM) on a goal-conditioned
+    game (playground): off-policy, the LLM as a policy over the game's
+    candidate actions with twin Q heads, replay and relabeling inside the
+    compiled step (``config.sac``, ``lamer_jax.algos.sac``); evaluates one
+    episode per held-out task, success per goal type;
   * ``zero_shot``: no training; evaluates independent attempts (memory none);
   * ``reflexion``: no training; evaluates with ``reflection_only`` memory,
     the frozen model writing the reflections.
@@ -296,9 +301,11 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
   validate_choice("method", config.method, METHODS)
   names = train_games(config)
   evaluated = eval_games(config)
-  if len(set(names + evaluated)) > 1 and (config.env.overrides or config.env.params):
+  classes = {type(envs_jax.make(n)) for n in names + evaluated
+             if n in envs_jax.registered()}
+  if len(classes) > 1 and (config.env.overrides or config.env.params):
     raise ConfigError("env.overrides and env.params set one game's fields; with "
-                      f"several games ({', '.join(dict.fromkeys(names + evaluated))})"
+                      f"several kinds of game ({', '.join(dict.fromkeys(names + evaluated))})"
                       " leave them empty (register a variant in envs_jax.registry)")
   env = make_env(config)
   env_params(env, dict(config.env.params))
@@ -314,6 +321,25 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
     raise ConfigError(f"model.name={name!r} is not valid; choose one of "
                       f"{loading.valid_names()} or give a local checkpoint path")
   validate_choice("model.dtype", config.model.dtype, DTYPES)
+  if config.method == "sac":
+    sac_config(config)
+    if config.sac.eval_env:
+      validate_choice("sac.eval_env", config.sac.eval_env, envs_jax.registered())
+    for name in (train_games(config)[0], sac_eval_env(config)):
+      game = make_env(config, name)
+      if not hasattr(game, "achieved_goals"):
+        raise ConfigError(f"method 'sac' needs a goal-conditioned game (one with "
+                          f"achieved_goals, e.g. playground); {name!r} is not one")
+    if len(names) > 1 or config.eval.games:
+      raise ConfigError("method 'sac' trains on one game: set env.name to one game "
+                        "and choose the evaluated one with sac.eval_env")
+    _positive(config, "train.log_every", "train.keep_checkpoints",
+              "train.max_nonfinite_steps")
+    _positive(config, "train.steps", "train.seed", "train.eval_every",
+              "train.checkpoint_every", allow_zero=True)
+    eval_batch_size(config)
+    _validate_mesh(config)
+    return env
   validate_choice("rollout.memory", config.rollout.memory,
                   layout_lib.MEMORY_MODES)
   validate_choice("rollout.action_mode", config.rollout.action_mode,
@@ -375,6 +401,9 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
     raise ConfigError("method 'rl' trains single episodes: set rollout.num_attempts=1"
                       " and rollout.memory='none' (and rollout.group_size to G x N "
                       "for LaMer's sample budget)")
+  if config.algo.estimator == "gae" and (config.rollout.num_attempts != 1
+                                         or config.rollout.memory != "none"):
+    raise ConfigError(f"algo.estimator='gae': {returns.GAE_ONE_ATTEMPT}")
   if (config.method == "orbit") != bool(config.env.episodes):
     raise ConfigError(
         "method 'orbit' plays continuous trials and only it does: set "
@@ -388,6 +417,22 @@ def validate(config: ml_collections.ConfigDict) -> Environment:
   eval_batch_size(config)
   _validate_mesh(config)
   return env
+
+
+def sac_config(config: ml_collections.ConfigDict):
+  """``config.sac`` as a ``sac.SACConfig`` (ConfigError naming the key)."""
+  from lamer_jax.algos import sac as sac_lib
+  fields = {f.name for f in dataclasses.fields(sac_lib.SACConfig)}
+  values = {k: v for k, v in config.sac.to_dict().items() if k in fields}
+  try:
+    return sac_lib.SACConfig(**values)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(str(e)) from e
+
+
+def sac_eval_env(config: ml_collections.ConfigDict) -> str:
+  """The game SAC evaluates on: ``sac.eval_env``, by default ``env.name``."""
+  return config.sac.eval_env or train_games(config)[0]
 
 
 def check_override_flags(argv: list[str], flag: str = "config") -> None:
@@ -542,6 +587,10 @@ class Experiment:
   eval_progress: EvalProgress = dataclasses.field(default_factory=EvalProgress)
   train_games: tuple[Any, ...] = ()       # lamer.Game per training game
   eval_games: tuple[Any, ...] = ()        # EvalGame per evaluated game
+  # The step-0 train state of a method whose state is more than the model
+  # and its optimiser (SAC: Q heads, targets, replay, live envs); None: the
+  # on-policy ``init_train_state``.
+  init_fn: Callable[[], TrainState] | None = None
 
   @property
   def trains(self) -> bool:
@@ -594,22 +643,69 @@ class EvalGame:
   eval_fn: Callable[..., dict]
 
 
+def _load_model(config: ml_collections.ConfigDict
+                ) -> tuple[loading.LoadedModel, jax.sharding.Mesh | None]:
+  """The configured model (on the mesh when it spans several devices) and
+  the mesh (None on one device: the plain single-device program)."""
+  mesh = sharding.make_mesh(mesh_config(config))
+  if mesh.devices.size == 1:
+    mesh = None
+  model = loading.load(config.model.name, dtype=config.model.dtype,
+                       key=seed_key(config, _STREAM_MODEL))
+  model = dataclasses.replace(model, cfg=model.cfg.replace(remat=config.model.remat))
+  if mesh is not None:
+    logging.info("%s", sharding.describe(mesh))
+    model.params = sharding.shard_params(model.params, mesh, model.cfg)
+  return model, mesh
+
+
+def build_sac(config: ml_collections.ConfigDict, env: Environment, *,
+              jit: bool = True) -> Experiment:
+  """SAC with hindsight relabeling: the compiled off-policy step on
+  ``env.name`` and the greedy (``sac.eval_greedy``) evaluation on
+  ``sac.eval_env``, one episode per held-out task."""
+  from lamer_jax.agent import candidates as cand_lib
+  from lamer_jax.algos import sac as sac_lib
+  cfg = sac_config(config)
+  model, mesh = _load_model(config)
+  mcfg = model.cfg
+
+  def prompt_of(game: Environment) -> cand_lib.CandidatePrompt:
+    prompt = cand_lib.CandidatePrompt.build(model.tokenizer, game, short=cfg.short_prompt)
+    if prompt.context_len > mcfg.max_position:
+      raise ConfigError(f"the candidate prompt of {game.name} ({prompt.context_len} "
+                        f"tokens) exceeds the model's {mcfg.max_position} positions; "
+                        "set sac.short_prompt=True")
+    return prompt
+
+  overrides = dict(config.env.params)
+  params = env_params(env, overrides)
+  step = sac_lib.make_train_step(env, params, mcfg, prompt_of(env), cfg, jit=jit,
+                                 mesh=mesh)
+  eval_env = make_env(config, sac_eval_env(config))
+  eval_params = env_params(eval_env, overrides)
+  eval_fn = sac_lib.make_eval_fn(eval_env, eval_params, mcfg, prompt_of(eval_env),
+                                 batch_size=eval_batch_size(config),
+                                 greedy=config.sac.eval_greedy, jit=jit)
+  init_fn = lambda: sac_lib.init_state(
+      env, params, jax.tree.map(jax.numpy.copy, model.params), mcfg, cfg,
+      seed_key(config, _STREAM_TRAIN))
+  evals = (EvalGame(eval_env.name, eval_env, eval_params, None, eval_fn),)
+  return Experiment(config=config, env=env, env_params=params, model=model,
+                    algo=AlgoConfig(), train_layout=None, train_rollout=None,
+                    train_step=step, eval_layout=None, eval_rollout=None,
+                    eval_fn=eval_fn, eval_seeds=eval_seeds(eval_num_tasks(config)),
+                    mesh=mesh, eval_games=evals, init_fn=init_fn)
+
+
 def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
                     jit: bool = True) -> Experiment:
   """LaMer, its single-episode RL baselines, ORBIT and the prompting
   baselines: loads the model and builds layouts, the train step (over every
   game of ``env.name``) and the evaluation (of every game of ``eval.games``)."""
   del env   # validated; each game is built below
-  mesh = sharding.make_mesh(mesh_config(config))
-  if mesh.devices.size == 1:
-    mesh = None   # the plain single-device program
-  model = loading.load(config.model.name, dtype=config.model.dtype,
-                       key=seed_key(config, _STREAM_MODEL))
-  mcfg = model.cfg.replace(remat=config.model.remat)
-  model = dataclasses.replace(model, cfg=mcfg)
-  if mesh is not None:
-    logging.info("%s", sharding.describe(mesh))
-    model.params = sharding.shard_params(model.params, mesh, mcfg)
+  model, mesh = _load_model(config)
+  mcfg = model.cfg
 
   def layout(env: Environment, shape: layout_lib.TrialShape,
              memory: str) -> layout_lib.ContextLayout:
@@ -676,14 +772,18 @@ def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
 # config.method -> builder(config, validated env, jit=) -> Experiment.
 METHOD_BUILDERS: dict[str, Callable[..., Experiment]] = {
     method: build_on_policy for method in METHODS}
+METHOD_BUILDERS["sac"] = build_sac
 
 
 def init_state(exp: Experiment) -> TrainState:
   """The train state at step 0: a copy of the model's parameters (the train
   step donates its state, which must not delete ``exp.model.params``) and a
   fresh optimiser state."""
-  params = jax.tree.map(jax.numpy.copy, exp.model.params)
-  state = init_train_state(params, exp.algo, seed_key(exp.config, _STREAM_TRAIN))
+  if exp.init_fn is not None:
+    state = exp.init_fn()
+  else:
+    params = jax.tree.map(jax.numpy.copy, exp.model.params)
+    state = init_train_state(params, exp.algo, seed_key(exp.config, _STREAM_TRAIN))
   if exp.mesh is not None:
     return sharding.shard_train_state(state, exp.mesh, exp.model.cfg)
   # Committed to a device like a restored checkpoint's arrays, so that a
@@ -695,9 +795,9 @@ def abstract_state(exp: Experiment) -> TrainState:
   """Shapes, dtypes and shardings of ``init_state(exp)``, computing nothing:
   the target a checkpoint is restored into (onto this run's mesh, whatever
   mesh wrote it)."""
-  abstract = jax.eval_shape(
-      lambda: init_train_state(exp.model.params, exp.algo,
-                               seed_key(exp.config, _STREAM_TRAIN)))
+  abstract = jax.eval_shape(exp.init_fn if exp.init_fn is not None else
+                            lambda: init_train_state(exp.model.params, exp.algo,
+                                                     seed_key(exp.config, _STREAM_TRAIN)))
   if exp.mesh is None:
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
@@ -749,6 +849,16 @@ def describe(exp: Experiment) -> str:
                    f"{c.rollout.group_size} trials x {c.rollout.num_attempts} "
                    f"attempts, memory {c.rollout.memory}; {game.layout.describe()}")
   names = ", ".join(g.env.name for g in exp.eval_games) or exp.env.name
+  if c.method == "sac":
+    s = c.sac
+    her_text = (f"HER {s.her_strategy} ratio {s.her_ratio}" if s.her_strategy != "none"
+                else "no relabeling")
+    lines.append(f"train: {s.num_envs} envs x {s.env_steps} steps, {s.updates} "
+                 f"update(s) of {s.batch_size} {s.n_step}-step windows per train step; "
+                 f"replay {s.num_envs} x {s.capacity}; {her_text}")
+    lines.append(f"eval: {names}: {int(exp.eval_seeds.shape[0])} held-out tasks, one "
+                 f"episode each ({'greedy' if s.eval_greedy else 'sampled'})")
+    return "\n".join(lines)
   lines.append(f"eval: {names}: {int(exp.eval_seeds.shape[0])} held-out tasks x "
                f"{exp.eval_layout.num_attempts} attempts, memory "
                f"{exp.eval_layout.memory}")

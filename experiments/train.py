@@ -100,8 +100,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]
                    ) -> list[tuple[str, Any, Any]]:
-  """``(key, old, new)`` for every flattened key whose value differs."""
-  old, new = _flatten(saved), _flatten(current)
+  """``(key, old, new)`` for every flattened key whose value differs.
+
+  Both sides are compared in their JSON form: the saved config was read
+  from JSON, where a tuple (``algo.value_hidden``) comes back as a list."""
+  old, new = _flatten(saved), _flatten(json.loads(json.dumps(current)))
   return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k)]
 
@@ -283,7 +286,7 @@ def _loop(config, workdir, exp, experiment, ckpt, state, step, resume_step,
     exp.model.params = None   # the train state holds the only copy we need
   with storage.refused_writes(f"writing metrics in {workdir}"):
     writers = _open_writers(workdir, resume_step)
-  attempts = exp.train_layout.num_attempts
+  attempts = exp.train_layout.num_attempts if exp.train_layout else 1
   guard = _Guard(config.train.max_nonfinite_steps, ckpt)
   last_eval: dict[str, float] | None = None
   saved_step, saved_at = resume_step, time.monotonic()

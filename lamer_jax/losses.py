@@ -5,6 +5,8 @@ baselines (as in verl): asymmetric clip range, dual clip for negative
 advantages (Ye et al. 2020), an entropy bonus and an optional k3 KL penalty to
 a reference policy, aggregated over tokens in one of verl's three modes. The
 entropies it takes come from ``agent.scoring.masked_entropy``.
+``value_loss`` and ``explained_variance`` are PPO's critic terms (estimator
+``"gae"``), per turn rather than per token.
 """
 
 from __future__ import annotations
@@ -173,3 +175,63 @@ def ppo_policy_loss(
       "ratio_mean": jax.lax.stop_gradient(token_mean(ratio)),
   }
   return loss, metrics
+
+
+def value_loss(values: jax.Array, values_old: jax.Array, targets: jax.Array,
+               mask: jax.Array, clip: float | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """PPO's value loss, the mean over masked entries (turns) of
+  ``0.5 * (V - target)^2``.
+
+  With ``clip``, PPO's clipped form: ``0.5 * max((V - target)^2,
+  (V_clip - target)^2)`` with ``V_clip = V_old + clip(V - V_old, -clip,
+  clip)``, so one update cannot move a value far from the one the advantages
+  were computed with. ``values_old`` and ``targets`` are constants.
+
+  Args:
+    values: f32[...], the value head's current predictions.
+    values_old: f32[...], its predictions before the update.
+    targets: f32[...], the value targets (GAE's ``A + V_old``).
+    mask: bool[...], entries that count (valid turns).
+    clip: the clip range; None: the plain squared error.
+
+  Returns:
+    (loss, metrics): f32 scalar (0 with nothing masked) and ``{"value": loss,
+    "value_clip_frac": fraction of entries where the clipped term is the
+    larger}``.
+  """
+  chex.assert_equal_shape([values, values_old, targets, mask])
+  mask = mask.astype(jnp.bool_)
+  v = jnp.where(mask, values, 0.0)
+  old = jax.lax.stop_gradient(jnp.where(mask, values_old, 0.0))
+  y = jax.lax.stop_gradient(jnp.where(mask, targets, 0.0))
+  err = (v - y) ** 2
+  clipped = jnp.zeros_like(mask)
+  if clip is not None:
+    v_clip = old + jnp.clip(v - old, -clip, clip)
+    err_clip = (v_clip - y) ** 2
+    clipped = err_clip > err
+    err = jnp.maximum(err, err_clip)
+  count = jnp.maximum(mask.sum(), 1)
+  loss = 0.5 * jnp.where(mask, err, 0.0).sum() / count
+  frac = jnp.where(mask, clipped, False).sum() / count
+  return loss, {"value": loss, "value_clip_frac": frac.astype(jnp.float32)}
+
+
+def explained_variance(pred: jax.Array, target: jax.Array,
+                       mask: jax.Array) -> jax.Array:
+  """``1 - Var(target - pred) / Var(target)`` over the masked entries: 1 for
+  a perfect value function, 0 for one that predicts the mean, negative for
+  worse; 0 when the targets do not vary (nothing to explain)."""
+  chex.assert_equal_shape([pred, target, mask])
+  mask = mask.astype(jnp.bool_)
+  count = jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+
+  def var(x):
+    x = jnp.where(mask, x, 0.0).astype(jnp.float32)
+    mean = x.sum() / count
+    return jnp.where(mask, (x - mean) ** 2, 0.0).sum() / count
+
+  var_y = var(target)
+  return jnp.where(var_y > 0, 1.0 - var(target - pred) / jnp.where(
+      var_y > 0, var_y, 1.0), 0.0)

@@ -33,6 +33,18 @@ Advantages (``lamer_advantages``), defined as:
      by the sub-group's std + eps when ``normalize_std``).
   A group (or sub-group) with fewer than two valid entries gives advantage 0.
   With ``N = 1`` this is plain single-episode GRPO / GiGPO (the RL baselines).
+
+GAE (``estimator="gae"``: PPO with a value head, one attempt per trial only):
+  delta_t = r_t + gamma_step * V_next(t) - V(s_t)
+  A_t     = sum_{l >= 0} (gamma_step * lambda)^l delta_{t+l}
+  over the valid turns of each attempt, where ``V_next(t)`` is the next valid
+  turn's value while the attempt goes on, and after its last valid turn 0 when
+  the attempt ended in a terminal state and ``bootstrap`` (V of the state it
+  reached) when it was cut by the turn budget (``truncated``); with no
+  bootstrap given, every end counts as terminal. The value targets are
+  ``A_t + V(s_t)`` (``Advantages.returns``); with ``normalize_std`` the
+  advantages are whitened over the batch's valid turns (PPO's usual
+  normalisation, as verl's GAE), the targets are not. No group is used.
 """
 
 from __future__ import annotations
@@ -42,7 +54,14 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-ESTIMATORS = ("grpo", "gigpo")
+ESTIMATORS = ("grpo", "gigpo", "gae")
+# Why and how "gae" is restricted (raised by lamer_advantages and the train
+# step, checked by experiments.common.validate).
+GAE_ONE_ATTEMPT = (
+    "estimator 'gae' (PPO with a value head) trains single episodes: its value "
+    "head sees one attempt's state and no cross-episode return; set "
+    "rollout.num_attempts=1 and rollout.memory='none' (method 'rl', e.g. "
+    "experiments/configs/rl.py:sokoban,gae)")
 
 
 @struct.dataclass
@@ -68,7 +87,8 @@ class Advantages:
     turn: f32[R, N, T], advantage of each turn's action tokens (0 if invalid).
     reflection: f32[R, N], advantage of the reflection written after attempt
       n (0 where attempt n + 1 did not run, and for n = N - 1).
-    returns: f32[R, N, T], cross-episode returns G_t^(n) (0 if invalid).
+    returns: f32[R, N, T], cross-episode returns G_t^(n) (0 if invalid); for
+      ``"gae"`` the value targets ``A_t + V(s_t)``.
   """
 
   turn: jax.Array
@@ -294,12 +314,89 @@ def gigpo_step_advantages(returns: jax.Array, state_keys: jax.Array,
   return adv.reshape(shape)
 
 
+def gae_advantages(rewards: jax.Array, values: jax.Array, turn_valid: jax.Array,
+                   gamma: float | jax.Array, lam: float | jax.Array, *,
+                   bootstrap: jax.Array | None = None,
+                   truncated: jax.Array | None = None) -> jax.Array:
+  """Generalised advantage estimation over the valid turns of each attempt.
+
+  ``delta_t = r_t + gamma * V_next(t) - V(s_t)`` and ``A_t = sum_l (gamma *
+  lam)^l delta_{t+l}``, both over the attempt's valid turns in order (an
+  invalid turn is skipped, not a step of the discount: the trial loop only
+  leaves invalid turns after an attempt's end, where nothing follows).
+  ``V_next(t)`` is the value of the next valid turn; after the last valid
+  turn it is ``bootstrap`` where ``truncated`` (a time-limit cut: the state
+  reached still has a future) and 0 otherwise (a terminal state).
+
+  Args:
+    rewards: f32[R, N, T].
+    values: f32[R, N, T], ``V(s_t)`` of each turn's state (ignored where
+      invalid).
+    turn_valid: bool[R, N, T], the turn was played.
+    gamma: discount per turn.
+    lam: GAE's lambda in [0, 1] (0: one-step TD errors, 1: Monte-Carlo
+      returns minus ``V``).
+    bootstrap: optional f32[R, N], V of the state each attempt reached after
+      its last valid turn; None: every attempt ends in a terminal state.
+    truncated: bool[R, N], the attempt was cut by the turn budget (needed with
+      ``bootstrap``).
+
+  Returns:
+    f32[R, N, T] advantages; 0 on invalid turns.
+  """
+  chex.assert_rank([rewards, values], 3)
+  chex.assert_equal_shape([rewards, values, turn_valid])
+  lead = rewards.shape[:-1]
+  if bootstrap is None:
+    tail = jnp.zeros(lead, jnp.float32)
+  else:
+    if truncated is None:
+      raise ValueError("gae_advantages: a bootstrap value needs the truncated "
+                       "flags of the attempts")
+    chex.assert_shape([bootstrap, truncated], lead)
+    tail = jnp.where(truncated, bootstrap, 0.0).astype(jnp.float32)
+  gamma = jnp.asarray(gamma, jnp.float32)
+  lam = jnp.asarray(lam, jnp.float32)
+  r = jnp.where(turn_valid, rewards, 0.0).astype(jnp.float32)
+  v = jnp.where(turn_valid, values, 0.0).astype(jnp.float32)
+
+  def body(carry, xs):
+    # carry: (value of the next valid turn, or the tail; its advantage, 0
+    # after the last valid turn).
+    next_v, next_adv = carry
+    r_t, v_t, valid = xs
+    delta = r_t + gamma * next_v - v_t
+    adv = delta + gamma * lam * next_adv
+    carry = (jnp.where(valid, v_t, next_v), jnp.where(valid, adv, next_adv))
+    return carry, jnp.where(valid, adv, 0.0)
+
+  move = lambda x: jnp.moveaxis(x, -1, 0)
+  init = (tail, jnp.zeros(lead, jnp.float32))
+  _, adv = jax.lax.scan(body, init, (move(r), move(v), move(turn_valid)),
+                        reverse=True)
+  return jnp.moveaxis(adv, 0, -1)
+
+
+def whiten(x: jax.Array, valid: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """``(x - mean) / (std + eps)`` over the valid entries (Bessel-corrected
+  std, as the group statistics); 0 where invalid."""
+  chex.assert_equal_shape([x, valid])
+  count = valid.sum().astype(jnp.float32)
+  mean = jnp.where(valid, x, 0.0).sum() / jnp.maximum(count, 1.0)
+  sq = jnp.where(valid, (x - mean) ** 2, 0.0).sum()
+  std = jnp.sqrt(sq / jnp.maximum(count - 1.0, 1.0))
+  return jnp.where(valid, (x - mean) / (std + eps), 0.0)
+
+
 def lamer_advantages(rewards: jax.Array, turn_valid: jax.Array,
                      attempt_valid: jax.Array, state_keys: jax.Array, *,
                      group_size: int, gamma_step: float | jax.Array,
                      gamma_traj: float | jax.Array, estimator: str,
                      normalize_std: bool, step_weight: float = 1.0,
-                     eps: float = 1e-6) -> Advantages:
+                     eps: float = 1e-6, values: jax.Array | None = None,
+                     gae_lambda: float | jax.Array = 0.95,
+                     bootstrap: jax.Array | None = None,
+                     truncated: jax.Array | None = None) -> Advantages:
   """LaMer advantages of turns and reflections (definition: module docstring).
 
   Args:
@@ -310,14 +407,23 @@ def lamer_advantages(rewards: jax.Array, turn_valid: jax.Array,
     group_size: ``G``, trials per task (static).
     gamma_step: discount per turn.
     gamma_traj: discount per attempt.
-    estimator: ``"grpo"`` (episode term only) or ``"gigpo"`` (plus the
-      step-level term), static.
-    normalize_std: divide by group std + eps (static).
+    estimator: ``"grpo"`` (episode term only), ``"gigpo"`` (plus the
+      step-level term) or ``"gae"`` (from ``values``; ``N`` must be 1),
+      static.
+    normalize_std: divide by group std + eps (static); for ``"gae"``, whiten
+      the advantages over the batch's valid turns.
     step_weight: weight of GiGPO's step-level term.
     eps: added to the stds.
+    values: f32[R, N, T], ``V(s_t)`` of each turn (``"gae"`` only).
+    gae_lambda: GAE's lambda (``"gae"`` only).
+    bootstrap, truncated: see ``gae_advantages`` (``"gae"`` only).
 
   Returns:
     Advantages(turn f32[R, N, T], reflection f32[R, N], returns f32[R, N, T]).
+
+  Raises:
+    ValueError: an unknown estimator, or ``"gae"`` without values or with
+      more than one attempt per trial.
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got "
@@ -326,6 +432,19 @@ def lamer_advantages(rewards: jax.Array, turn_valid: jax.Array,
   chex.assert_equal_shape([rewards, turn_valid, state_keys])
   chex.assert_equal_shape_prefix([rewards, attempt_valid], 2)
   turn_valid = turn_valid & attempt_valid[..., None]
+  if estimator == "gae":
+    if rewards.shape[1] != 1:
+      raise ValueError(GAE_ONE_ATTEMPT + f"; got {rewards.shape[1]} attempts")
+    if values is None:
+      raise ValueError("estimator 'gae' needs the values of the turns' states")
+    adv = gae_advantages(rewards, values, turn_valid, gamma_step, gae_lambda,
+                         bootstrap=bootstrap, truncated=truncated)
+    targets = jnp.where(turn_valid, adv + values, 0.0)
+    if normalize_std:
+      adv = whiten(adv, turn_valid, eps)
+    return Advantages(turn=adv, reflection=jnp.zeros(attempt_valid.shape,
+                                                     jnp.float32),
+                      returns=targets)
   returns = cross_episode_returns(rewards, turn_valid, gamma_step, gamma_traj)
   scores = returns[..., 0]                       # S^(n) = G_0^(n), [R, N]
   stats = group_stats(scores, attempt_valid, group_size)

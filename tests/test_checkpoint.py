@@ -56,6 +56,38 @@ def test_round_trip_is_exact_and_keeps_typed_key(tmp_path):
   assert meta["step"] == 3
 
 
+def test_round_trip_of_extra_state_is_exact(tmp_path):
+  """PPO's value head and its Adam state (``TrainState.extra``) come back bit
+  for bit, with the structure of the optimiser state; a state without them
+  does not restore into one that has them."""
+  params = jax.tree.map(lambda x: x + 0.25, loading.load("tiny-llama").params)
+  algo = AlgoConfig(estimator="gae", value_hidden=(16, 8))
+  state = init_train_state(params, algo, jax.random.key(7))
+  rng = np.random.default_rng(0)
+  # Every value-head and Adam array non-trivial (a fresh head's last layer
+  # and its moments are zeros); the step counts stay integers.
+  extra = jax.tree.map(
+      lambda x: (jnp.asarray(rng.normal(size=x.shape), x.dtype)
+                 if jnp.issubdtype(x.dtype, jnp.floating) else x + 5),
+      state.extra)
+  state = state.replace(extra=extra, step=jnp.int32(4))
+  with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
+    ckpt.save(4, state)
+  with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
+    restored, step = ckpt.restore_verified(jax.eval_shape(lambda: state))
+    assert step == 4
+    assert _leaves_equal(restored.extra, state.extra)
+    assert jax.tree.structure(restored.extra) == jax.tree.structure(state.extra)
+    assert _leaves_equal(restored.params, state.params)
+    assert _leaves_equal(restored.opt_state, state.opt_state)
+  plain = init_train_state(params, AlgoConfig(), jax.random.key(7))
+  with checkpoint.Checkpointer(tmp_path / "plain", keep=2) as ckpt:
+    ckpt.save(1, plain)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="extra/value/layers/0/b: missing from the checkpoint"):
+      ckpt.restore(jax.eval_shape(lambda: state))
+
+
 def test_keeps_only_the_last_k(tmp_path):
   state = _state()
   with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:

@@ -59,11 +59,13 @@ CONFIGS = (
     [(method, env, f"{method}_{env}") for method in ("lamer", "zero_shot", "reflexion")
      for env in base.ENVS]
     + [("rl", f"{env},{estimator}", f"{estimator}_{env}") for env in base.ENVS
-       for estimator in ("gigpo", "grpo")]
+       for estimator in ("gigpo", "grpo", "gae")]
     + [("rl", env, f"gigpo_{env}") for env in base.ENVS]
     + [("orbit", game, f"orbit_{game}") for game in ("suite",) + orbit_configs.GAMES]
     + [("orbit", f"{game},tiny", f"orbit_{game}_tiny")
        for game in ("suite",) + orbit_configs.GAMES]
+    + [("sac", v, f"{v}_playground") for v in ("sac_her", "sac", "ppo")]
+    + [("sac", f"{v},tiny", f"{v}_playground_tiny") for v in ("sac_her", "sac", "ppo")]
     + [("tiny", None, "tiny"), ("quickstart", None, "quickstart")])
 
 
@@ -86,6 +88,8 @@ def test_every_config_file_validates(name, arg, expected):
   assert config.is_locked
   env = common.validate(config)
   game = arg.split(",")[0] if arg else config.env.name
+  if name == "sac":
+    game = "playground"
   if game == "suite":
     game = orbit_configs.TRAIN_GAMES[0]
     assert common.train_games(config) == orbit_configs.TRAIN_GAMES
@@ -119,11 +123,11 @@ def test_config_file_arg_on_the_command_line():
     ("zero_shot", "guess", r"unknown env 'guess'; choose one of \['sokoban'"),
     ("reflexion", "", r"unknown env ''; choose one of \['sokoban'"),
     ("rl", "sokoban,ppo", r"unknown estimator 'ppo'; choose one of "
-     r"\['gigpo', 'grpo'\]"),
+     r"\['gigpo', 'grpo', 'gae'\]"),
     ("rl", "minesweeperr,grpo", r"unknown env 'minesweeperr'; choose one of "
      r"\['sokoban', 'minesweeper'\]"),
     ("rl", "sokoban,grpo,x", r"rl.py takes <env> or <env>,<estimator>.*"
-     r"\['sokoban', 'minesweeper'\].*\['gigpo', 'grpo'\]"),
+     r"\['sokoban', 'minesweeper'\].*\['gigpo', 'grpo', 'gae'\]"),
     ("orbit", "sokoban", r"unknown game 'sokoban'; choose one of \['suite', 'rps'"),
     ("orbit", "rps,huge", r"unknown variant 'huge'; choose one of "
      r"\['smollm2', 'tiny'\]"),
@@ -151,6 +155,9 @@ def test_config_values_follow_the_references():
           gigpo.rollout.group_size, gigpo.eval.num_attempts) == ("rl", 1, "none", 24, 3)
   assert (grpo.algo.estimator, grpo.algo.normalize_std) == ("grpo", True)
   assert (gigpo.algo.estimator, gigpo.algo.normalize_std) == ("gigpo", False)
+  ppo = get_config("rl", "sokoban,gae")
+  assert (ppo.algo.estimator, ppo.algo.normalize_std, budget(ppo)) == (
+      "gae", True, 16 * 24)
   for method in ("zero_shot", "reflexion"):
     for env in base.ENVS:
       c = get_config(method, env)
@@ -218,8 +225,11 @@ def test_invalid_game_configs(changes, message):
     ("method", "ppo", r"method='ppo' is not valid; choose one of \['lamer', 'rl'"),
     ("model.name", "gpt-5", r"model.name='gpt-5' is not valid; choose one of "
      r"\[.*'tiny-llama'"),
-    ("algo.estimator", "gae", r"algo.estimator='gae' is not valid; choose one "
-     r"of \['grpo', 'gigpo'\]"),
+    ("algo.estimator", "ppo", r"algo.estimator='ppo' is not valid; choose one "
+     r"of \['grpo', 'gigpo', 'gae'\]"),
+    ("algo.estimator", "gae", r"algo.estimator='gae': estimator 'gae' \(PPO with "
+     r"a value head\) trains single episodes.*set rollout.num_attempts=1 and "
+     r"rollout.memory='none'"),
     ("rollout.num_tasks", 0, r"rollout.num_tasks must be an integer >= 1, got 0"),
     ("eval.num_attempts", -1, r"eval.num_attempts must be an integer >= 1"),
     ("algo.num_minibatches", 5, r"= 12 attempt rows do not split into "

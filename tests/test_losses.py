@@ -192,3 +192,43 @@ def test_everything_jits():
   assert set(metrics) >= {"pg_loss", "clip_frac", "approx_kl", "entropy",
                           "kl_ref", "ratio_mean"}
   jax.jit(masked_entropy)(np.zeros((2, 5)), np.ones((2, 5), bool), 0.7)
+
+
+@pytest.mark.parametrize("clip", [None, 0.2])
+def test_value_loss_vs_numpy(clip):
+  rng = np.random.default_rng(0)
+  v, old, y = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(3))
+  mask = rng.random((4, 6)) < 0.7
+  loss, metrics = losses.value_loss(v, old, y, mask, clip=clip)
+  err = (v - y) ** 2
+  if clip is not None:
+    err = np.maximum(err, (old + np.clip(v - old, -clip, clip) - y) ** 2)
+  np.testing.assert_allclose(loss, 0.5 * err[mask].mean(), rtol=1e-6)
+  assert metrics["value"] == loss
+  assert (metrics["value_clip_frac"] > 0) == (clip is not None)
+  # Gradient only through the current values, and only where masked.
+  g_v, g_old, g_y = jax.grad(lambda *a: losses.value_loss(*a, mask, clip=clip)[0],
+                             argnums=(0, 1, 2))(v, old, y)
+  assert np.all(np.asarray(g_old) == 0) and np.all(np.asarray(g_y) == 0)
+  assert np.all(np.asarray(g_v)[~mask] == 0)
+  if clip is None:
+    np.testing.assert_allclose(g_v, np.where(mask, v - y, 0) / mask.sum(),
+                               rtol=1e-5)
+  empty = losses.value_loss(v, old, y, np.zeros_like(mask))[0]
+  assert float(empty) == 0.0
+
+
+def test_explained_variance():
+  rng = np.random.default_rng(1)
+  y = rng.normal(size=(3, 5)).astype(np.float32)
+  mask = rng.random((3, 5)) < 0.8
+  garbage = np.where(mask, 0.0, 1e6).astype(np.float32)   # unmasked: ignored
+  assert abs(float(losses.explained_variance(y + garbage, y, mask)) - 1.0) < 1e-6
+  mean = np.full_like(y, y[mask].mean())
+  assert abs(float(losses.explained_variance(mean + garbage, y, mask))) < 1e-5
+  noisy = y + rng.normal(size=y.shape).astype(np.float32)
+  res = (y - noisy)[mask]
+  np.testing.assert_allclose(losses.explained_variance(noisy, y, mask),
+                             1 - res.var() / y[mask].var(), rtol=1e-5)
+  # Constant targets: nothing to explain, 0 rather than NaN.
+  assert float(losses.explained_variance(y, np.ones_like(y), mask)) == 0.0

@@ -307,3 +307,100 @@ def test_everything_jits():
   np.testing.assert_allclose(adv.turn, eager.turn, atol=1e-6)
   ids = np.full((4, 3, 5), -1, np.int32)
   jax.jit(rt.broadcast_to_tokens)(adv.turn, adv.reflection, ids)
+
+
+# ---- GAE (estimator "gae") -----------------------------------------------------
+
+def np_gae(r, values, valid, gamma, lam, boot=None, trunc=None):
+  """GAE by its definition: a sum of discounted TD errors over the attempt's
+  valid turns in order, after the last of them V = boot if truncated else 0."""
+  out = np.zeros(r.shape, np.float64)
+  for i, n in np.ndindex(*r.shape[:2]):
+    idx = [t for t in range(r.shape[2]) if valid[i, n, t]]
+    tail = boot[i, n] if boot is not None and trunc[i, n] else 0.0
+    nxt = [values[i, n, s] for s in idx[1:]] + [tail]
+    deltas = [r[i, n, s] + gamma * nv - values[i, n, s] for s, nv in zip(idx, nxt)]
+    for k, t in enumerate(idx):
+      out[i, n, t] = sum((gamma * lam) ** j * d for j, d in enumerate(deltas[k:]))
+  return out
+
+
+def gae_batch(rng, rows=6, n_att=2, turns=5, prefix=True):
+  r = rng.normal(size=(rows, n_att, turns)).astype(np.float32)
+  values = rng.normal(size=r.shape).astype(np.float32)
+  if prefix:   # what the trial loop makes: the played turns come first
+    valid = np.arange(turns) < rng.integers(0, turns + 1, size=(rows, n_att, 1))
+  else:        # holes anywhere: skipped, not a step of the discount
+    valid = rng.random(r.shape) < 0.6
+  boot = rng.normal(size=(rows, n_att)).astype(np.float32)
+  trunc = rng.random((rows, n_att)) < 0.5
+  return r, values, valid, boot, trunc
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+@pytest.mark.parametrize("bootstrap", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gae_random_vs_numpy(prefix, bootstrap, seed):
+  rng = np.random.default_rng(seed)
+  r, values, valid, boot, trunc = gae_batch(rng, prefix=prefix)
+  for gamma, lam in ((0.95, 0.95), (0.8, 0.0), (1.0, 1.0), (0.9, 0.5)):
+    kw = dict(bootstrap=boot, truncated=trunc) if bootstrap else {}
+    got = rt.gae_advantages(r, values, valid, gamma, lam, **kw)
+    want = np_gae(r, values, valid, gamma, lam,
+                  *((boot, trunc) if bootstrap else ()))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                               err_msg=f"gamma {gamma} lambda {lam}")
+    assert np.all(np.asarray(got)[~valid] == 0.0)
+
+
+def test_gae_special_lambdas():
+  """lambda = 1: A + V is the discounted return; lambda = 0: the TD error."""
+  rng = np.random.default_rng(3)
+  r, values, valid, _, _ = gae_batch(rng)
+  mc = rt.gae_advantages(r, values, valid, 0.9, 1.0) + np.where(valid, values, 0)
+  np.testing.assert_allclose(mc, rt.attempt_returns(r, valid, 0.9), rtol=1e-5,
+                             atol=1e-5)
+  td = rt.gae_advantages(r, values, valid, 0.9, 0.0)
+  nxt = np.where(np.pad(valid[..., 1:], ((0, 0), (0, 0), (0, 1))),
+                 np.pad(values[..., 1:], ((0, 0), (0, 0), (0, 1))), 0.0)
+  np.testing.assert_allclose(td, np.where(valid, r + 0.9 * nxt - values, 0.0),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="needs the truncated flags"):
+    rt.gae_advantages(r, values, valid, 0.9, 0.5, bootstrap=values[..., 0])
+
+
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_lamer_advantages_gae(normalize_std):
+  rng = np.random.default_rng(4)
+  r, values, valid, _, _ = gae_batch(rng, rows=8, n_att=1)
+  av = valid.any(-1) | (rng.random((8, 1)) < 0.5)
+  keys = np.zeros(r.shape, np.uint32)
+  adv = rt.lamer_advantages(r, valid, av, keys, group_size=4, gamma_step=0.95,
+                            gamma_traj=0.6, estimator="gae",
+                            normalize_std=normalize_std, values=values,
+                            gae_lambda=0.9)
+  v = valid & av[..., None]
+  raw = np_gae(r, values, v, 0.95, 0.9)
+  # The value targets are the un-whitened advantages plus V.
+  np.testing.assert_allclose(adv.returns, np.where(v, raw + values, 0.0),
+                             rtol=1e-5, atol=1e-5)
+  want = raw
+  if normalize_std:
+    want = np.where(v, (raw - raw[v].mean()) / (raw[v].std(ddof=1) + 1e-6), 0.0)
+    assert abs(float(np.asarray(adv.turn)[v].mean())) < 1e-5
+  np.testing.assert_allclose(adv.turn, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(adv.reflection, np.zeros((8, 1)))
+
+
+def test_lamer_advantages_gae_needs_one_attempt_and_values():
+  rng = np.random.default_rng(5)
+  r, values, valid, _, _ = gae_batch(rng, rows=4, n_att=3)
+  keys = np.zeros(r.shape, np.uint32)
+  kw = dict(group_size=2, gamma_step=0.95, gamma_traj=0.6, estimator="gae",
+            normalize_std=False)
+  with pytest.raises(ValueError, match=r"set rollout.num_attempts=1 and "
+                     r"rollout.memory='none'.*got 3 attempts"):
+    rt.lamer_advantages(r, valid, valid.any(-1), keys, values=values, **kw)
+  with pytest.raises(ValueError, match="needs the values"):
+    rt.lamer_advantages(r[:, :1], valid[:, :1], valid[:, :1].any(-1),
+                        keys[:, :1], **kw)

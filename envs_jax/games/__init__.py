@@ -20,6 +20,10 @@ goals over furniture, plants, herbivores and carnivores, with the goals a
 state achieves for hindsight relabeling; ``playground-test`` and
 ``playground-heldout`` hold out kinds).
 
+WebShop: ``webshop`` (find and buy the product an instruction asks for,
+over a generated 2000-product catalog, WebShop's reward; ``webshop-small``
+has 200 products, ``webshop-sample`` the packaged product-JSON sample).
+
 The modules are imported lazily by the registry, so that ``import envs_jax``
 stays cheap.
 """

@@ -475,6 +475,14 @@ class Playground(Environment):
             + tuple(f"Release {n}" for n in names) + ("Release all",))
 
   @property
+  def max_allowed_actions(self) -> int:
+    """The most candidates the mask allows at once: ``Grasp``, ``Go to`` each
+    of the 4 objects, ``Release`` each of 2 held ones, ``Release all`` (a
+    bound: held objects are not gone to). The SAC policy scores only this
+    many candidates per state."""
+    return 1 + NUM_OBJECTS + CAPACITY + 1
+
+  @property
   def _release_all(self) -> int:
     return 1 + 2 * len(self.names)
 

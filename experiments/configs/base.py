@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-METHODS = ("lamer", "rl", "orbit", "zero_shot", "reflexion")
+METHODS = ("lamer", "rl", "orbit", "sac", "zero_shot", "reflexion")
 
 # Per-game values every method shares, as dotted keys of ``get_config()``.
 # Mini-batches hold about 64 turn-samples (LaMer's PPO mini-batch) of the 384
@@ -126,6 +126,44 @@ def get_config() -> ml_collections.ConfigDict:
   # rows, so 384 rows (16 x 8 x 3) of up to 7 Sokoban turns split into 48
   # mini-batches of 8 rows (<= 56 turns) each.
   config.algo.num_minibatches = 48
+  # PPO's value head (estimator "gae" only; lamer_jax.algos.lamer.AlgoConfig).
+  config.algo.gae_lambda = 0.95
+  config.algo.value_coef = 0.5
+  config.algo.value_clip = config_dict.placeholder(float)   # None: unclipped
+  config.algo.value_hidden = (256, 256)
+  config.algo.value_lr = 1e-4
+  # The value loss's gradient also trains the LLM (shared backbone, PPO-GLAM).
+  config.algo.value_backbone_grad = True
+
+  # SAC with hindsight relabeling (method "sac"; every field of
+  # lamer_jax.algos.sac.SACConfig, MAGELLAN's values). A train step acts
+  # sac.env_steps steps in sac.num_envs envs, then makes sac.updates updates.
+  config.sac = ml_collections.ConfigDict()
+  config.sac.num_envs = 32
+  config.sac.env_steps = 2
+  config.sac.updates = 1
+  config.sac.batch_size = 256
+  config.sac.capacity = 512           # steps stored per env
+  config.sac.learning_starts = 512    # stored transitions before updating
+  config.sac.gamma = 0.99
+  config.sac.n_step = 3
+  config.sac.tau = 0.005
+  config.sac.lr = 1e-4
+  config.sac.alpha_lr = 1e-3
+  config.sac.log_alpha_init = -3.0
+  config.sac.target_entropy_fraction = 0.5
+  config.sac.critic_warmup = 10
+  config.sac.critic_coef = 1.0
+  config.sac.critic_backbone_grad = True
+  config.sac.q_hidden = (256, 256)
+  config.sac.her_strategy = "future"  # "none" | "final" | "future"
+  config.sac.her_ratio = 0.8
+  config.sac.grad_clip = 1.0
+  config.sac.weight_decay = 0.0
+  config.sac.short_prompt = False
+  config.sac.eval_greedy = True       # evaluate the policy's argmax candidate
+  # The evaluated game (e.g. "playground-test": held-out kinds); "": env.name.
+  config.sac.eval_env = ""
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 300

@@ -1,13 +1,16 @@
-"""Single-episode RL baseline (GiGPO or GRPO) on Sokoban or MineSweeper.
+"""Single-episode RL baseline (GiGPO, GRPO or PPO) on Sokoban or MineSweeper.
 
     --config=experiments/configs/rl.py:sokoban             # GiGPO
     --config=experiments/configs/rl.py:minesweeper,grpo    # GRPO
+    --config=experiments/configs/rl.py:sokoban,gae         # PPO: value head + GAE
 
 Trains on ``G * N`` independent episodes per task (LaMer's 8 trials x 3
 attempts = 24, as in its GiGPO/GRPO scripts), one attempt each and no memory;
 evaluated with N = 3 independent attempts per task (``eval.num_attempts``), so
 its pass@k is comparable with LaMer's. ``config.name`` is
-``<estimator>_<env>``, e.g. ``grpo_minesweeper``.
+``<estimator>_<env>``, e.g. ``grpo_minesweeper``. PPO (``gae``, the LaMer
+paper's PPO row) trains a value head on the same model's hidden states
+(``lamer_jax.algos.lamer``) and whitens its advantages over the batch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from experiments.configs import base
 
 # Those of lamer_jax.returns.ESTIMATORS (a test checks that they agree),
 # listed here so that config files import no JAX.
-ESTIMATORS = ("gigpo", "grpo")
+ESTIMATORS = ("gigpo", "grpo", "gae")
 
 
 def get_config(arg: str = "sokoban"):
@@ -37,6 +40,6 @@ def get_config(arg: str = "sokoban"):
   config.rollout.memory = "none"
   config.algo.estimator = estimator
   # GRPO as usually defined divides by the group's std; GiGPO keeps LaMer's
-  # mean_norm.
-  config.algo.normalize_std = estimator == "grpo"
+  # mean_norm; PPO whitens its GAE advantages over the batch (as verl).
+  config.algo.normalize_std = estimator in ("grpo", "gae")
   return config

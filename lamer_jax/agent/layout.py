@@ -337,6 +337,15 @@ class ContextLayout:
     """Slot of turn t's first action token."""
     return self.piece(ACTION, t).start
 
+  def state_slots(self) -> np.ndarray:
+    """int32[T]: per turn, the slot whose hidden state stands for the turn's
+    state ``s_t`` (a value head's input): the last slot of its prompt, after
+    the observation and before anything the policy generates in the turn (its
+    thinking or action). That slot is prompt text fed on every played turn,
+    so it is real wherever the turn is valid."""
+    return np.asarray([p.start + p.length - 1 for p in self._pieces
+                       if p.name == TURN_PROMPT], np.int32)
+
   @property
   def reflect_start(self) -> int:
     """First slot after the turns (where the reflection pieces start)."""

@@ -4,6 +4,8 @@ The loss of every on-policy method recomputes the log-probs of the tokens the
 rollout generated with one teacher-forced forward pass over the attempt's row,
 under the same sampling distribution (temperature, and for constrained
 actions the candidate table's prefix mask), so importance ratios are exact.
+The same pass can hand out the hidden states at each turn's state slot, the
+inputs of PPO's value head (``state_hidden``).
 Candidate-level scores (the policy over an env's candidates) are
 ``models.sampling.score_candidates``.
 """
@@ -49,26 +51,49 @@ def masked_entropy(logits: jax.Array, allowed: jax.Array | None = None,
   return jnp.where(any_allowed[..., 0], h, 0.0)
 
 
+def _hidden(params, mcfg: llama.ModelConfig, batch: dict[str, jax.Array]
+            ) -> jax.Array:
+  """The decoder's final hidden states over the rows, [M, C, D]."""
+  _, hidden, _ = llama.forward(params, mcfg, batch["tokens"], batch["positions"],
+                               token_mask=batch["token_mask"], compute_logits=False)
+  return hidden
+
+
+def state_hidden(params, mcfg: llama.ModelConfig, layout: ContextLayout,
+                 batch: dict[str, jax.Array]) -> jax.Array:
+  """Hidden states at each turn's state slot (``layout.state_slots``), from
+  a forward with no vocabulary projection: a value head's inputs, [M, T, D].
+
+  Args:
+    batch: rows [M, C] (tokens, positions, token_mask).
+  """
+  return _hidden(params, mcfg, batch)[:, jnp.asarray(layout.state_slots())]
+
+
 def row_logprobs(params, mcfg: llama.ModelConfig, layout: ContextLayout,
                  batch: dict[str, jax.Array], temperature: float,
-                 train_reflection: bool) -> tuple[jax.Array, jax.Array]:
+                 train_reflection: bool, with_state_hidden: bool = False
+                 ) -> tuple[jax.Array, ...]:
   """Teacher-forced log-probs and entropies of the generated tokens.
 
   Args:
     batch: rows [M, C] (tokens, positions, token_mask) plus ``action_allowed``
       bool[M, T, A].
+    with_state_hidden: also return the hidden states at the turns' state
+      slots (``state_hidden``), from the same forward pass: PPO's value head
+      is trained on them without a second forward.
 
   Returns:
     (logp f32[M, K], entropy f32[M, K]) at the slots
-    ``layout.loss_slot_kinds(train_reflection)``.
+    ``layout.loss_slot_kinds(train_reflection)``; with ``with_state_hidden``,
+    then the hidden states [M, T, D].
   """
   codec = layout.codec
   m = batch["tokens"].shape[0]
   t_n, la = layout.num_turns, layout.action_len
   slots_np, constrained = layout.loss_slot_kinds(train_reflection)
   slots = jnp.asarray(slots_np)
-  _, hidden, _ = llama.forward(params, mcfg, batch["tokens"], batch["positions"],
-                               token_mask=batch["token_mask"], compute_logits=False)
+  hidden = _hidden(params, mcfg, batch)
   logits = llama.lm_head(params, mcfg, hidden[:, slots - 1])        # [M, K, V]
   targets = batch["tokens"][:, slots]
   tmask = batch["token_mask"][:, slots]
@@ -94,4 +119,6 @@ def row_logprobs(params, mcfg: llama.ModelConfig, layout: ContextLayout,
     logp = logp.at[:, f_idx].set(
         jnp.take_along_axis(f_lp, f_tok[..., None], axis=-1)[..., 0])
     ent = ent.at[:, f_idx].set(masked_entropy(f_logits, None, temperature))
+  if with_state_hidden:
+    return logp, ent, hidden[:, jnp.asarray(layout.state_slots())]
   return logp, ent

@@ -11,6 +11,21 @@ not finite is skipped and counted in ``nonfinite/skipped_updates``), all
 inside one XLA program. The same machinery runs
 the baselines: single-episode RL is ``num_attempts=1, memory="none"`` with
 ``G * N`` trials per task; the prompting baselines only evaluate.
+
+PPO with a value head (``estimator="gae"``, single-episode RL only): a small
+MLP (``models.heads``) on the decoder's hidden state at each turn's state slot
+(``ContextLayout.state_slots``) predicts ``V(s_t)``. Its parameters and its
+own Adam state live in ``TrainState.extra`` (``{"value", "value_opt"}``).
+Before the update, one forward over the rollout's rows without gradient (in
+minibatch-sized chunks) gives ``V_old`` for GAE and the targets; every
+minibatch's loss then adds ``value_coef`` times the value loss, with the
+values read from the same teacher-forced forward as the log-probs. With
+``value_backbone_grad`` the value loss's gradient also trains the LLM (a
+shared backbone, as PPO-GLAM); without, only the head learns from it. An
+attempt's end is terminal for GAE whether it was won, lost or cut by the turn
+budget: the state a cut attempt reached is in no row (so there is no value to
+bootstrap from), and the row shows every earlier turn, so the turns left are
+part of the state the value head sees.
 """
 
 from __future__ import annotations
@@ -26,17 +41,17 @@ from flax import struct
 from envs_jax.core import Environment
 from lamer_jax import evaluation, losses, returns, sharding
 from lamer_jax.agent.layout import ContextLayout
-from lamer_jax.agent.scoring import row_logprobs
+from lamer_jax.agent.scoring import row_logprobs, state_hidden
 from lamer_jax.agent.trial import (RolloutConfig, Trajectory, rollout,
                                    task_seeds)
-from lamer_jax.models import llama
+from lamer_jax.models import heads, llama
 
 
 @dataclasses.dataclass(frozen=True)
 class AlgoConfig:
   """Returns, advantages, loss and optimiser settings (LaMer defaults)."""
 
-  estimator: str = "gigpo"          # "grpo" | "gigpo"
+  estimator: str = "gigpo"          # "grpo" | "gigpo" | "gae" (PPO + value head)
   normalize_std: bool = False       # GiGPO "mean_norm"
   step_weight: float = 1.0
   gamma_step: float = 0.95
@@ -57,11 +72,24 @@ class AlgoConfig:
   adam_eps: float = 1e-8            # Adam's epsilon (optax's default)
   ppo_epochs: int = 1
   num_minibatches: int = 1
+  # PPO's value head (estimator "gae" only): GAE's lambda, the value loss's
+  # weight and clip range (None: unclipped), the head's hidden widths, its own
+  # Adam's learning rate (a fresh head needs far more than the LLM's), and
+  # whether the value loss's gradient also reaches the LLM (a shared backbone).
+  gae_lambda: float = 0.95
+  value_coef: float = 0.5
+  value_clip: float | None = None
+  value_hidden: tuple[int, ...] = (256, 256)
+  value_lr: float = 1e-4
+  value_backbone_grad: bool = True
 
   def __post_init__(self):
     if self.estimator not in returns.ESTIMATORS:
       raise ValueError(f"estimator must be one of {returns.ESTIMATORS}, got "
                        f"{self.estimator!r}")
+    # A config file's list (or JSON's) becomes the hashable tuple.
+    object.__setattr__(self, "value_hidden",
+                       tuple(int(h) for h in self.value_hidden))
 
 
 @struct.dataclass
@@ -88,6 +116,19 @@ def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
                   weight_decay=cfg.weight_decay))
 
 
+def make_value_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
+  """The value head's own Adam (``value_lr``, no weight decay), its gradient
+  clipped to ``grad_clip`` on its own."""
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip),
+      optax.adam(cfg.value_lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps))
+
+
+# fold_in constant of the value head's initialisation key (the state's own
+# key stream, and so every other method's numbers, is left as it was).
+VALUE_STREAM = 0x7A1E
+
+
 def all_finite(tree: Any) -> jax.Array:
   """bool[]: every floating-point element of ``tree`` is finite."""
   leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
@@ -96,12 +137,20 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def init_train_state(params, algo: AlgoConfig, key: jax.Array) -> TrainState:
+  """The state at step 0; with estimator ``"gae"`` also the value head (its
+  input width is the decoder's hidden size, read from ``params["embed"]``)
+  and its optimiser state, in ``extra``."""
   opt = make_optimizer(algo)
   # A copy: the jitted step donates its state, and one buffer cannot be
   # donated twice (as params and as ref_params).
   ref = jax.tree.map(jnp.copy, params) if algo.kl_coef > 0 else None
+  extra = None
+  if algo.estimator == "gae":
+    head = heads.init_mlp(jax.random.fold_in(key, VALUE_STREAM),
+                          params["embed"].shape[-1], algo.value_hidden)
+    extra = {"value": head, "value_opt": make_value_optimizer(algo).init(head)}
   return TrainState(params=params, opt_state=opt.init(params), ref_params=ref,
-                    step=jnp.zeros((), jnp.int32), key=key)
+                    step=jnp.zeros((), jnp.int32), key=key, extra=extra)
 
 
 def trajectory_metrics(traj: Trajectory) -> dict[str, jax.Array]:
@@ -193,18 +242,29 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
   metrics are reported per game under ``"<name>/..."``; loss metrics are the
   mix's. A mix of one game is exactly ``make_train_step``.
 
+  With estimator ``"gae"`` the step also trains the value head in
+  ``state.extra`` (module docstring) and reports ``loss/value``,
+  ``value/mean`` and ``value/explained_variance`` (per game in a mix).
+
   Raises:
-    ValueError: no games, duplicate or missing names in a mix, or a game's
-      attempt rows do not split into the minibatches (or over the mesh).
+    ValueError: no games, duplicate or missing names in a mix, a game's
+      attempt rows do not split into the minibatches (or over the mesh), or
+      estimator ``"gae"`` with more than one attempt or with memory.
   """
   games = tuple(games)
   if not games:
     raise ValueError("make_mix_train_step needs at least one game")
+  gae = algo.estimator == "gae"
+  for g in games:
+    if gae and (g.layout.num_attempts != 1 or g.layout.memory != "none"):
+      raise ValueError(f"{returns.GAE_ONE_ATTEMPT}; got num_attempts="
+                       f"{g.layout.num_attempts}, memory={g.layout.memory!r}")
   single = len(games) == 1
   names = [g.name for g in games]
   if not single and (len(set(names)) != len(names) or not all(names)):
     raise ValueError(f"the games of a mix need distinct non-empty names, got {names}")
   opt = make_optimizer(algo)
+  vopt = make_value_optimizer(algo) if gae else None
   mb_rows = []
   for g in games:
     if g.rows % algo.num_minibatches:
@@ -221,37 +281,62 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
   # single-game step is unchanged), folded with i in a mix.
   stream = (lambda k, i: k) if single else jax.random.fold_in
 
-  def game_loss(params, ref_params, game, mb):
-    logp, ent = row_logprobs(params, mcfg, game.layout, mb, temperature,
-                             algo.train_reflection)
+  def game_loss(params, value, ref_params, game, mb):
+    """One game's minibatch: (policy loss, its metrics, value loss, its
+    metrics); the value parts are None without a value head."""
+    scored = row_logprobs(params, mcfg, game.layout, mb, temperature,
+                          algo.train_reflection, with_state_hidden=gae)
+    logp, ent = scored[:2]
     logp_ref = None
     if algo.kl_coef > 0:
       logp_ref, _ = row_logprobs(ref_params, mcfg, game.layout, mb, temperature,
                                  algo.train_reflection)
       logp_ref = jax.lax.stop_gradient(logp_ref)
-    return losses.ppo_policy_loss(
+    loss, metrics = losses.ppo_policy_loss(
         logp, mb["logp_old"], mb["advantages"], mb["loss_mask"],
         clip_eps=algo.clip_eps, clip_eps_high=algo.clip_eps_high,
         dual_clip=algo.dual_clip, aggregation=algo.aggregation, entropy=ent,
         entropy_coef=algo.entropy_coef, logp_ref=logp_ref, kl_coef=algo.kl_coef)
+    if not gae:
+      return loss, metrics, None, None
+    hidden = scored[2]
+    if not algo.value_backbone_grad:
+      hidden = jax.lax.stop_gradient(hidden)
+    vloss, vmetrics = losses.value_loss(
+        heads.apply_mlp(value, hidden), mb["values_old"], mb["value_targets"],
+        mb["turn_valid"], clip=algo.value_clip)
+    return loss, metrics, vloss, vmetrics
 
-  def loss_fn(params, ref_params, mbs):
+  def loss_fn(trainable, ref_params, mbs):
+    params, value = trainable
+    parts = [game_loss(params, value, ref_params, g, mb)
+             for g, mb in zip(games, mbs)]
     if single:
-      return game_loss(params, ref_params, games[0], mbs[0])
-    parts = [game_loss(params, ref_params, g, mb) for g, mb in zip(games, mbs)]
-    weights = [losses.aggregate_count(mb["loss_mask"], algo.aggregation)
-               for mb in mbs]
-    loss = _weighted([{"loss": loss} for loss, _ in parts], weights)["loss"]
-    return loss, _weighted([m for _, m in parts], weights)
+      loss, metrics, vloss, vmetrics = parts[0]
+    else:
+      weights = [losses.aggregate_count(mb["loss_mask"], algo.aggregation)
+                 for mb in mbs]
+      loss = _weighted([{"loss": p[0]} for p in parts], weights)["loss"]
+      metrics = _weighted([p[1] for p in parts], weights)
+      if gae:   # the value loss is a mean over turns: weight by valid turns
+        vweights = [mb["turn_valid"].sum().astype(jnp.float32) for mb in mbs]
+        vmetrics = _weighted([p[3] for p in parts], vweights)
+        vloss = vmetrics["value"]
+    if gae:
+      loss = loss + algo.value_coef * vloss
+      metrics = {**metrics, **vmetrics}
+    return loss, metrics
 
   def minibatch_update(carry, idxs, datas, ref_params):
-    params, opt_state = carry
+    # vstate: (value head, its optimiser state), None without one.
+    params, opt_state, vstate = carry
+    value = None if vstate is None else vstate[0]
     mbs = [jax.tree.map(lambda x: x[idx], data) for idx, data in zip(idxs, datas)]
     # [sharding] each device runs forward/backward on its share of the
     # minibatch; the compiler all-reduces the gradients. No-op without mesh.
     mbs = sharding.constrain_rows(mbs, mesh)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, ref_params, mbs)
+    (loss, metrics), (grads, vgrads) = jax.value_and_grad(loss_fn, has_aux=True)(
+        (params, value), ref_params, mbs)
     updates, new_opt_state = opt.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -259,45 +344,90 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
     # overflows the parameters, is skipped (params and optimiser state stay
     # as they were) and counted.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_params)
-    params, opt_state = jax.tree.map(
+    new_vstate = None
+    if vstate is not None:
+      vupdates, new_vopt = vopt.update(vgrads, vstate[1], value)
+      new_vstate = (optax.apply_updates(value, vupdates), new_vopt)
+      value_grad_norm = optax.tree.norm(vgrads)
+      finite = (finite & jnp.isfinite(value_grad_norm)
+                & all_finite(new_vstate[0]))
+      metrics["value_grad_norm"] = value_grad_norm
+    params, opt_state, vstate = jax.tree.map(
         lambda new, old: jnp.where(finite, new, old),
-        (new_params, new_opt_state), (params, opt_state))
+        (new_params, new_opt_state, new_vstate), (params, opt_state, vstate))
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = (~finite).astype(jnp.float32)
-    return (params, opt_state), metrics
+    return (params, opt_state, vstate), metrics
 
-  def collect(params, i, game, k_task, k_roll):
+  def old_values(params, value, game, rows):
+    """``V_old`` f32[game.rows, T]: the value head on every turn's state
+    before the update, without gradient. The rows go through in
+    ``num_minibatches`` chunks (``lax.map``), so the forward needs no more
+    memory than a training minibatch's; chunk c holds rows c, c + chunks, ...,
+    so under a mesh every device keeps its share of each chunk."""
+    chunks = algo.num_minibatches
+    split = lambda x: jnp.swapaxes(
+        x.reshape((game.rows // chunks, chunks) + x.shape[1:]), 0, 1)
+
+    def one(mb):
+      mb = sharding.constrain_rows(mb, mesh)  # [sharding] no-op without mesh
+      return heads.apply_mlp(value, state_hidden(params, mcfg, game.layout, mb))
+
+    v = jax.lax.map(one, jax.tree.map(split, rows))          # [chunks, mb, T]
+    v = jnp.swapaxes(v, 0, 1).reshape(game.rows, -1)
+    return jax.lax.stop_gradient(v)
+
+  def collect(params, value, i, game, k_task, k_roll):
     """COLLECT, RETURNS and ADVANTAGES of game i: (update data, metrics)."""
     # ---- COLLECT: B x G trials of N attempts on fresh training tasks.
     seeds = task_seeds(stream(k_task, i), game.layout.shape.num_tasks)
     traj = rollout(params, stream(k_roll, i), game.params, env=game.env,
                    mcfg=mcfg, layout=game.layout, cfg=rollout_cfg,
                    task_seeds=seeds, mesh=mesh)
-    # ---- RETURNS and ADVANTAGES: cross-episode returns, GRPO / GiGPO.
-    adv = returns.lamer_advantages(
-        traj.rewards, traj.turn_valid, traj.attempt_valid, traj.state_keys,
-        group_size=game.layout.shape.group_size, gamma_step=algo.gamma_step,
-        gamma_traj=algo.gamma_traj, estimator=algo.estimator,
-        normalize_std=algo.normalize_std, step_weight=algo.step_weight)
-    tok_adv = returns.broadcast_to_tokens(adv.turn, adv.reflection,
-                                          traj.token_turn_ids)
     flat = lambda x: x.reshape((game.rows,) + x.shape[2:])
     data = {
         "tokens": flat(traj.tokens), "positions": flat(traj.positions),
         "token_mask": flat(traj.token_mask),
         "action_allowed": flat(traj.action_allowed),
+    }
+    # PPO's critic: V_old of every turn, before the update.
+    values = None
+    if gae:
+      values = old_values(params, value, game, data).reshape(traj.rewards.shape)
+    # ---- RETURNS and ADVANTAGES: cross-episode returns, GRPO / GiGPO; GAE.
+    adv = returns.lamer_advantages(
+        traj.rewards, traj.turn_valid, traj.attempt_valid, traj.state_keys,
+        group_size=game.layout.shape.group_size, gamma_step=algo.gamma_step,
+        gamma_traj=algo.gamma_traj, estimator=algo.estimator,
+        normalize_std=algo.normalize_std, step_weight=algo.step_weight,
+        values=values, gae_lambda=algo.gae_lambda)
+    tok_adv = returns.broadcast_to_tokens(adv.turn, adv.reflection,
+                                          traj.token_turn_ids)
+    data.update({
         "loss_mask": flat(traj.loss_mask)[:, slots[i]],
         "logp_old": flat(traj.logp_old)[:, slots[i]],
         "advantages": flat(tok_adv)[:, slots[i]],
-    }
+    })
+    metrics = trajectory_metrics(traj)
+    if gae:
+      valid = traj.turn_valid & traj.attempt_valid[..., None]
+      data.update({"values_old": flat(values), "value_targets": flat(adv.returns),
+                   "turn_valid": flat(valid)})
+      count = jnp.maximum(valid.sum(), 1)
+      metrics["value/mean"] = jnp.where(valid, values, 0.0).sum() / count
+      metrics["value/target_mean"] = jnp.where(valid, adv.returns, 0.0).sum() / count
+      metrics["value/explained_variance"] = losses.explained_variance(
+          values, adv.returns, valid)
     data = sharding.constrain_rows(data, mesh)  # [sharding] no-op without mesh
-    return data, trajectory_metrics(traj)
+    return data, metrics
 
   def train_step(state: TrainState):
     key, k_task, k_roll, k_perm = jax.random.split(state.key, 4)
+    vstate = (state.extra["value"], state.extra["value_opt"]) if gae else None
+    value = None if vstate is None else vstate[0]
     datas, metrics = [], {}
     for i, game in enumerate(games):
-      data, game_metrics = collect(state.params, i, game, k_task, k_roll)
+      data, game_metrics = collect(state.params, value, i, game, k_task, k_roll)
       datas.append(data)
       prefix = "" if single else f"{game.name}/"
       metrics.update({prefix + k: v for k, v in game_metrics.items()})
@@ -313,8 +443,8 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
           lambda c, idxs: minibatch_update(c, idxs, datas, state.ref_params),
           carry, perms)
 
-    (params, opt_state), loss_metrics = jax.lax.scan(
-        epoch, (state.params, state.opt_state),
+    (params, opt_state, vstate), loss_metrics = jax.lax.scan(
+        epoch, (state.params, state.opt_state, vstate),
         jax.random.split(k_perm, algo.ppo_epochs))
     skipped = loss_metrics.pop("skipped")
     metrics["nonfinite/skipped_updates"] = skipped.sum()
@@ -324,8 +454,11 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
     metrics["advantage/abs_mean"] = (
         sum(jnp.abs(d["advantages"]).sum() for d in datas)
         / jnp.maximum(sum(d["loss_mask"].sum() for d in datas), 1))
+    extra = state.extra
+    if gae:
+      extra = {**extra, "value": vstate[0], "value_opt": vstate[1]}
     new_state = state.replace(params=params, opt_state=opt_state,
-                              step=state.step + 1, key=key)
+                              step=state.step + 1, key=key, extra=extra)
     return new_state, metrics
 
   if not jit:
