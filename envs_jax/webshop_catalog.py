@@ -28,7 +28,7 @@ scent, flavor, style, length, capacity). A product draws its category, type,
 brand, 0-2 modifiers, 3-5 attributes (one may go into the title), a subset
 of 2-5 values of each option group of its type, a price in its type's range,
 bullets (most of its attributes, each with a tail word) and a one-sentence
-description. About 700 words in all.
+description. About 450 words in all.
 
 BM25 (Lucene's, as pyserini's index that WebShop searches): a product's
 document is its title words followed by the words of its attributes; a query

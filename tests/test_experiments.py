@@ -209,8 +209,8 @@ def test_orbit_config_follows_the_paper():
     ({"env.name": "guess,mazee"}, r"env.name='mazee' is not valid; choose one of"),
     ({"eval.games": "maze,"}, r"eval.games='' is not valid; choose one of"),
     ({"eval.games": "maze", "env.params": {"reward_wrong": -1.0}},
-     r"env.overrides and env.params set one game's fields; with several games "
-     r"\(guess, maze\) leave them empty"),
+     r"env.overrides and env.params set one game's fields; with several kinds of "
+     r"game \(guess, maze\) leave them empty \(register a variant in envs_jax.registry\)"),
 ])
 def test_invalid_game_configs(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -78,8 +78,18 @@ score itself. ``max_turns`` 12: an attempt that has not bought by then is
 
 Symbols: the vocabulary words (each with its leading space), attribute
 phrases, option values, group names, prices (`` $23`` and ``.45``), price
-bounds, page labels and the fixed pieces; ``symbol_slots`` keeps the token
-buffer near the longest page (the results page).
+bounds, page labels, scores and the fixed pieces (1570 for the generated
+catalog). A rendering is the instruction (fixed positions) followed by the
+page's *body*; pages share the body's positions, each at the offset that
+adds least to the longest symbol each position can hold (``_layout``), and
+every position allows only what the catalog can put there (title word j:
+the words some title has at j), so ``symbol_slots`` sizes the token buffer
+close to the longest page: 650 SmolLM2 tokens for the generated catalog
+(the longest observation met in play, a full results page, is ~370). The
+slots include a never-rendered empty symbol, which keeps
+``envs_jax.text.TextCodec`` on its general (gather) encoder: its slot fast
+path unrolls one select per allowed symbol and does not compile in
+reasonable time for a vocabulary this size.
 """
 
 from __future__ import annotations
@@ -491,6 +501,7 @@ class WebShop(Environment):
     key is ignored. An action outside the mask changes nothing, uses its turn
     and is ``invalid``; a finished attempt is returned unchanged."""
     del key
+    state = jax.tree.map(jnp.asarray, state)
     a = jnp.asarray(action, jnp.int32)
     live = ~self.done(state)
     n = self.num_actions
@@ -748,13 +759,10 @@ class WebShop(Environment):
 def _distinct(ids: jax.Array, length: int) -> jax.Array:
   """The first ``length`` distinct non-negative entries of ``ids``, in order,
   -1 padded."""
-  n = ids.shape[0]
   earlier = jnp.tril(ids[:, None] == ids[None, :], k=-1)
   keep = (ids >= 0) & ~jnp.any(earlier, axis=1)
   pos = jnp.where(keep, jnp.cumsum(keep) - 1, length)
-  out = jnp.full((length,), -1, jnp.int32).at[pos].set(ids, mode="drop")
-  del n
-  return out
+  return jnp.full((length,), -1, jnp.int32).at[pos].set(ids, mode="drop")
 
 
 @functools.lru_cache(maxsize=8)
