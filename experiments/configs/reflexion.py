@@ -1,7 +1,7 @@
-"""Prompting baseline on Sokoban or MineSweeper, evaluation only
+"""Prompting baseline on Sokoban, MineSweeper or WebShop, evaluation only
 (train.steps = 0).
 
-    --config=experiments/configs/reflexion.py:sokoban      # or :minesweeper
+    --config=experiments/configs/reflexion.py:sokoban      # or :minesweeper, :webshop
 
 Reflexion-style: after a failed attempt the frozen model writes a reflection
 that the next attempt's prompt carries (reflection_only memory).

@@ -1,6 +1,8 @@
-"""Single-episode RL baseline (GiGPO, GRPO or PPO) on Sokoban or MineSweeper.
+"""Single-episode RL baseline (GiGPO, GRPO or PPO) on Sokoban, MineSweeper or
+WebShop.
 
     --config=experiments/configs/rl.py:sokoban             # GiGPO
+    --config=experiments/configs/rl.py:webshop             # GiGPO on WebShop
     --config=experiments/configs/rl.py:minesweeper,grpo    # GRPO
     --config=experiments/configs/rl.py:sokoban,gae         # PPO: value head + GAE
 

@@ -1,7 +1,7 @@
-"""Prompting baseline on Sokoban or MineSweeper, evaluation only
+"""Prompting baseline on Sokoban, MineSweeper or WebShop, evaluation only
 (train.steps = 0).
 
-    --config=experiments/configs/zero_shot.py:sokoban      # or :minesweeper
+    --config=experiments/configs/zero_shot.py:sokoban      # or :minesweeper, :webshop
 
 zero-shot: N = 3 independent attempts, no memory.
 """
