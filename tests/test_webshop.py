@@ -315,58 +315,32 @@ def test_invalid_actions_truncation_and_finished_attempts():
   assert float(ts2.reward) == 0.0 and not bool(ts2.invalid)
 
 
-def _oracle(env, s):
-  """Search the instruction's keywords, open the first shown result that
-  can score 1 with the goal's options (else the next page, else the best
-  shown), pick the goal's option values, buy."""
-  gv = s.goal_values
-
-  def potential(prod):
-    offered = env._offered(prod)
-    sel = jnp.where((gv >= 0) & offered[jnp.maximum(gv, 0)], gv, -1)
-    return env.purchase_score(s, prod, sel)[:2]
-
-  slots = s.result_page * W.PER_PAGE + jnp.arange(W.PER_PAGE)
-  shown = slots < s.num_results
-  scores, ok = jax.vmap(potential)(jnp.maximum(s.results[jnp.minimum(slots, 49)], 0))
-  ok &= shown
-  more = (s.result_page + 1) * W.PER_PAGE < s.num_results
-  best = jnp.where(jnp.any(ok), jnp.argmax(ok), jnp.argmax(jnp.where(shown, scores, -1.0)))
-  on_results = jnp.where(~jnp.any(ok) & more & (s.steps < env.max_turns - 5), W.A_NEXT,
-                         W.A_ITEM + best)
-  offered = env._offered(s.item)
-  need = (gv >= 0) & offered[jnp.maximum(gv, 0)] & ~jnp.any(
-      gv[:, None] == s.selected[None, :], axis=1)
-  on_item = jnp.where(jnp.any(need), W.A_VALUE + gv[jnp.argmax(need)], W.A_BUY)
-  return jnp.select([s.page == W.SEARCH, s.page == W.RESULTS, s.page == W.ITEM],
-                    [0, on_results, on_item], W.A_PREV).astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _success(env, n, key):
-  """(oracle won, random won, oracle scores) of n goals."""
+  """(oracle won, random won, oracle scores, oracle made an invalid move) of
+  n goals."""
   params = env.default_params
   initial, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, n), params)
 
   def episode(s, k):
     def one(carry, kk):
       so, sr = carry
-      so, _ = env.step(kk, so, _oracle(env, so), params)
+      so, ts = env.step(kk, so, env.oracle_action(so), params)
       mask = env.action_mask(sr, params)
       sr, _ = env.step(kk, sr, jax.random.categorical(
           kk, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32), params)
-      return (so, sr), None
-    (so, sr), _ = jax.lax.scan(one, (s, s), jax.random.split(k, env.max_turns))
-    return so.won, sr.won, so.score
+      return (so, sr), ts.invalid
+    (so, sr), invalid = jax.lax.scan(one, (s, s), jax.random.split(k, env.max_turns))
+    return so.won, sr.won, so.score, jnp.any(invalid)
 
   return jax.vmap(episode)(initial, jax.random.split(jax.random.fold_in(key, 1), n))
 
 
 def test_oracle_succeeds_and_random_play_does_not():
-  oracle, random, scores = jax.device_get(_success(ENV, 256, jax.random.key(7)))
+  oracle, random, scores, invalid = jax.device_get(_success(ENV, 256, jax.random.key(7)))
   print(f"webshop, 256 goals: oracle success {oracle.mean():.3f} (mean score "
         f"{scores.mean():.3f}), random success {random.mean():.3f}")
-  assert oracle.mean() >= 0.9
+  assert oracle.mean() >= 0.9 and not invalid.any()
   assert random.mean() < 0.1
 
 

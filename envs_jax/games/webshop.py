@@ -552,6 +552,43 @@ class WebShop(Environment):
                   truncated=done & ~new.bought, invalid=live & ~legal, steps=new.steps)
     return new, ts
 
+  # ---- a scripted policy ------------------------------------------------------
+  def oracle_action(self, state: WebShopState) -> jax.Array:
+    """int32 action of the scripted oracle (jittable, vmappable).
+
+    It runs the first suggestion (the instruction's keywords), opens the
+    first shown result that would score 1 once the goal's option values are
+    selected (judged with the goal, hence "oracle"; if none is shown it turns
+    the page while at least 5 turns are left, else opens the best-scoring
+    shown result), selects the goal's values the product offers, one per
+    turn, and buys. From a sub-page it goes back. Every action it returns is
+    allowed on a live attempt.
+    """
+    s, gv = state, state.goal_values
+
+    def potential(product):
+      offered = self._offered(product)
+      wanted = jnp.where((gv >= 0) & offered[jnp.maximum(gv, 0)], gv, -1)
+      score, full, _ = self.purchase_score(s, product, wanted)
+      return score, full
+
+    slots = s.result_page * PER_PAGE + jnp.arange(PER_PAGE)
+    shown = slots < s.num_results
+    products = jnp.maximum(s.results[jnp.minimum(slots, MAX_RESULTS - 1)], 0)
+    scores, full = jax.vmap(potential)(products)
+    full &= shown
+    more = (s.result_page + 1) * PER_PAGE < s.num_results
+    pick = jnp.where(jnp.any(full), jnp.argmax(full),
+                     jnp.argmax(jnp.where(shown, scores, -1.0)))
+    turn_page = ~jnp.any(full) & more & (s.steps < self.max_turns - 5)
+    on_results = jnp.where(turn_page, A_NEXT, A_ITEM + pick)
+    offered = self._offered(s.item)
+    missing = (gv >= 0) & offered[jnp.maximum(gv, 0)] & ~jnp.any(
+        gv[:, None] == s.selected[None, :], axis=1)
+    on_item = jnp.where(jnp.any(missing), A_VALUE + gv[jnp.argmax(missing)], A_BUY)
+    return jnp.select([s.page == SEARCH, s.page == RESULTS, s.page == ITEM],
+                      [0, on_results, on_item], A_PREV).astype(jnp.int32)
+
   # ---- views -----------------------------------------------------------------
   def _parts(self, state: WebShopState) -> tuple[_Row, list[_Row]]:
     """The instruction's row and every page's row (with their slots)."""
