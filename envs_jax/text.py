@@ -207,16 +207,22 @@ class TextCodec:
 
     Jittable; vmap it for batches. With ``symbol_slots``, a batch whose
     renderings all follow the slots takes the fast path of ``_SlotLayout``;
-    any other batch (or a codec without slots) takes ``_encode_any``. Both
+    any other batch (or a codec without slots) takes ``encode_general``. Both
     give the same tokens.
     """
     if self._slot_encoder is None or jnp.shape(symbol_ids) != (len(self.symbol_slots),):
-      return self._encode_any(symbol_ids)
+      return self.encode_general(symbol_ids)
     ids, length = self._slot_encoder(symbol_ids)
     return TokenBuffer(ids=ids, length=length)
 
-  def _encode_any(self, symbol_ids: jax.Array) -> TokenBuffer:
-    """The general encoder: any symbol at any position, -1 anywhere."""
+  def encode_general(self, symbol_ids: jax.Array) -> TokenBuffer:
+    """The general encoder: any symbol at any position, -1 anywhere.
+
+    It compiles in about a second for any vocabulary, where the slot fast
+    path can take tens of seconds (27 s for Playground on a 2-core CPU, and
+    it is no faster there at run time): code that encodes inside a large
+    compiled step it does not run per token (the SAC update) calls this.
+    """
     width = self.symbol_tokens.shape[1]
     cap = self.max_tokens
     valid = symbol_ids >= 0
@@ -262,7 +268,7 @@ class TextCodec:
 
       def any_rendering(symbol_ids, base):
         del base
-        buf = jax.vmap(self._encode_any)(symbol_ids)
+        buf = jax.vmap(self.encode_general)(symbol_ids)
         return buf.ids, buf.length
 
       branches = [functools.partial(layout.assemble, num_extra=k)

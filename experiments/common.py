@@ -591,6 +591,13 @@ class Experiment:
   # and its optimiser (SAC: Q heads, targets, replay, live envs); None: the
   # on-policy ``init_train_state``.
   init_fn: Callable[[], TrainState] | None = None
+  # ``(state, mesh, mcfg) -> shardings`` of such a state on a mesh; None:
+  # ``sharding.state_shardings``.
+  shardings_fn: Callable[..., Any] | None = None
+
+  def state_shardings(self, state: Any) -> Any:
+    fn = self.shardings_fn or sharding.state_shardings
+    return fn(state, self.mesh, self.model.cfg)
 
   @property
   def trains(self) -> bool:
@@ -695,7 +702,8 @@ def build_sac(config: ml_collections.ConfigDict, env: Environment, *,
                     algo=AlgoConfig(), train_layout=None, train_rollout=None,
                     train_step=step, eval_layout=None, eval_rollout=None,
                     eval_fn=eval_fn, eval_seeds=eval_seeds(eval_num_tasks(config)),
-                    mesh=mesh, eval_games=evals, init_fn=init_fn)
+                    mesh=mesh, eval_games=evals, init_fn=init_fn,
+                    shardings_fn=sac_lib.state_shardings)
 
 
 def build_on_policy(config: ml_collections.ConfigDict, env: Environment, *,
@@ -785,7 +793,8 @@ def init_state(exp: Experiment) -> TrainState:
     params = jax.tree.map(jax.numpy.copy, exp.model.params)
     state = init_train_state(params, exp.algo, seed_key(exp.config, _STREAM_TRAIN))
   if exp.mesh is not None:
-    return sharding.shard_train_state(state, exp.mesh, exp.model.cfg)
+    return sharding.shard_train_state(state, exp.mesh, exp.model.cfg,
+                                      exp.state_shardings(state))
   # Committed to a device like a restored checkpoint's arrays, so that a
   # resumed run hits the same compiled train step instead of recompiling.
   return jax.device_put(state, jax.devices()[0])
@@ -802,7 +811,7 @@ def abstract_state(exp: Experiment) -> TrainState:
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
   else:
-    shardings = sharding.state_shardings(abstract, exp.mesh, exp.model.cfg)
+    shardings = exp.state_shardings(abstract)
   return jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings)

@@ -241,16 +241,19 @@ def state_shardings(state: Any, mesh: Mesh, mcfg: Any = None) -> Any:
                       is_leaf=like_params)
 
 
-def shard_train_state(state: Any, mesh: Mesh, mcfg: Any = None) -> Any:
+def shard_train_state(state: Any, mesh: Mesh, mcfg: Any = None,
+                      shardings: Any = None) -> Any:
   """Places a (host or single-device) train state onto ``mesh``.
 
   A jitted identity with ``out_shardings``, which also works across the
   processes of a multi-host run (``jax.device_put`` cannot place typed PRNG
   keys there, and checks every leaf with a collective). Every process must
   pass the same values (the same seeds or checkpoint on every host); this is
-  not checked.
+  not checked. ``shardings``: the layout to place it in (default
+  :func:`state_shardings`; SAC's state splits its env rows too).
   """
-  shardings = state_shardings(state, mesh, mcfg)
+  if shardings is None:
+    shardings = state_shardings(state, mesh, mcfg)
   return jax.jit(lambda s: s, out_shardings=shardings)(state)
 
 

@@ -168,7 +168,7 @@ def _random_renderings(env, codec, rng, n: int, max_long: int) -> np.ndarray:
 def _encoders(env_name: str, tok_name: str):
   """(batched, general batched, unbatched, nested) jitted encoders."""
   codec = _setup(env_name, tok_name)[1]
-  return (jax.jit(jax.vmap(codec.encode)), jax.jit(jax.vmap(codec._encode_any)),
+  return (jax.jit(jax.vmap(codec.encode)), jax.jit(jax.vmap(codec.encode_general)),
           jax.jit(codec.encode), jax.jit(jax.vmap(jax.vmap(codec.encode))))
 
 

@@ -14,9 +14,13 @@ one episode per task, with success per goal type. ``ppo`` is the same env and
 model under the on-policy machinery: method ``rl`` with estimator ``gae``,
 one attempt, no memory, evaluated on the same held-out kinds.
 
-``tiny``: the byte-level 2-layer model from scratch, the small goal set of
-the learning study (Grasp goals, horizon 3: ``env.params.goal_probs``), short
-prompts, lr 1e-3 and a small replay, so a run takes minutes on a CPU.
+``tiny``: the byte-level one-block model (``micro-llama``) from scratch, the
+small goal set of the learning study (Grasp goals, horizon 3:
+``env.params.goal_probs``), short prompts, lr 1e-3, a small replay and
+minibatch, and a temperature that adapts within tens of updates (alpha 0.14,
+its Adam at 1e-2: a from-scratch model's candidate scores are far apart, so
+its policy starts near-deterministic, entropy ~0.1 nats against a target of
+~0.7), so a run takes minutes on a CPU (``experiments/sac_study.py``).
 """
 
 from __future__ import annotations
@@ -62,16 +66,18 @@ def get_config(arg: str = "sac_her"):
   config.eval.num_tasks = 256
   config.eval.batch_size = 64
   if tiny:
-    config.model.name = "tiny-llama"
+    config.model.name = "micro-llama"
     config.model.remat = False
     with config.unlocked():
       config.env.params.goal_probs = GRASP_ONLY
     config.rollout.num_turns = 3           # the Grasp horizon
     config.sac.num_envs = 16
-    config.sac.batch_size = 64
+    config.sac.batch_size = 32
     config.sac.capacity = 256
     config.sac.learning_starts = 256
     config.sac.lr = 1e-3
+    config.sac.alpha_lr = 1e-2
+    config.sac.log_alpha_init = -2.0
     config.sac.q_hidden = (128, 128)
     config.sac.short_prompt = True
     config.algo.lr = 1e-3

@@ -98,7 +98,7 @@ class CandidatePrompt:
 
   def prompts(self, symbols: jax.Array) -> tuple[jax.Array, jax.Array]:
     """int32[B, S] symbols -> (tokens int32[B, P], mask bool[B, P])."""
-    obs = jax.vmap(self.codec.encode)(symbols)
+    obs = jax.vmap(self.codec.encode_general)(symbols)   # compiles fast
     b = symbols.shape[0]
     const = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.int32), (b, len(x)))
     ones = lambda x: jnp.ones((b, len(x)), jnp.bool_)

@@ -185,6 +185,9 @@ def make_train_step(env, env_params, mcfg: llama.ModelConfig,
   """The compiled SAC iteration ``state -> (state, metrics)`` (see the module
   docstring). Its state is donated."""
   _check_env(env)
+  if mesh is not None:
+    sharding.check_rows(cfg.num_envs, mesh, "sac.num_envs (env rows)")
+    sharding.check_rows(cfg.batch_size, mesh, "sac.batch_size (minibatch rows)")
   opt = make_optimizer(cfg)
   alpha_opt = optax.adam(cfg.alpha_lr)
   n = cfg.n_step
@@ -252,6 +255,9 @@ def make_train_step(env, env_params, mcfg: llama.ModelConfig,
     k_idx, k_her = jax.random.split(key)
     env_idx, t_idx = replay.sample_indices(buf, k_idx, cfg.batch_size)
     window, valid = replay.gather(buf, env_idx, t_idx, jnp.arange(n))
+    # [sharding] the minibatch's windows split over the row axes (the
+    # compiler all-reduces the gradients); no-op without mesh.
+    window, valid = sharding.constrain_rows((window, valid), mesh)
     relabeled = jnp.zeros((cfg.batch_size,), jnp.bool_)
     if cfg.her_strategy != "none":
       window, info = her.hindsight(k_her, buf, env_idx, t_idx, window,
@@ -299,6 +305,7 @@ def make_train_step(env, env_params, mcfg: llama.ModelConfig,
         lambda c, k: act(state.params, c, k), (extra["env"], extra["ep_return"]),
         jax.random.split(k_act, cfg.env_steps))
     batch = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), trs)     # [B, k, ...]
+    batch = sharding.constrain_rows(batch, mesh)   # [sharding] no-op without mesh
     buf = replay.add(extra["replay"], batch)
     extra = dict(extra, replay=buf, env=envs, ep_return=ep_return)
     carry = (state.params, state.opt_state, extra)
@@ -332,7 +339,37 @@ def make_train_step(env, env_params, mcfg: llama.ModelConfig,
     return train_step
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)
-  return jax.jit(train_step, donate_argnums=0)   # [sharding] replicated state
+  abstract = jax.eval_shape(
+      lambda k: init_state(env, env_params, llama.init_params(mcfg, k), mcfg, cfg, k),
+      jax.random.key(0))
+  shardings = state_shardings(abstract, mesh, mcfg)
+  return jax.jit(train_step, in_shardings=(shardings,),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+# TrainState.extra entries whose leaves lead with the env rows (num_envs).
+_ROW_EXTRA = ("env", "ep_return", "replay")
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh, mcfg: Any = None
+                    ) -> TrainState:
+  """NamedShardings of a SAC train state (concrete or abstract) on ``mesh``.
+
+  The decoder, its optimiser moments and the target copy follow
+  ``sharding.state_shardings`` (fsdp / tensor axes); the live envs, their
+  running returns and the replay buffer are split by env row over the row
+  axes (each device acts in, stores and keeps its own envs' experience; a
+  minibatch gathers across devices); the rest is replicated.
+  """
+  out = sharding.state_shardings(state, mesh, mcfg)
+  rows, rep = sharding.row_sharding(mesh), sharding.replicated(mesh)
+  num_envs = state.extra["ep_return"].shape[0]
+  by_row = lambda x: rows if x.ndim >= 1 and x.shape[0] == num_envs else rep
+  extra = dict(out.extra)
+  for name in _ROW_EXTRA:
+    extra[name] = jax.tree.map(by_row, state.extra[name])
+  return out.replace(extra=extra)
 
 
 def check_goals(env, goals) -> list[int]:
