@@ -58,7 +58,15 @@ products of the right type that lack an attribute, a wider one ranks
 products with the attributes first. Results are clicked by their rank on the
 page (``click[item k]``), not by product id, which would need one action per
 product; option values are a global table of strings, masked by the
-product shown, as WebShop's radio buttons are clicked by value.
+product shown, as WebShop's radio buttons are clicked by value. As the
+suggestions depend only on the goal, ``reset`` runs their three searches
+once (``WebShopState.found``) and ``search[k]`` looks its results up: a
+step then never scores the catalog (which, computed in every step's
+branches under ``vmap``, cost most of a step).
+
+``oracle_action`` is a scripted policy that reads the goal (search the
+keywords, open a result that can score 1, select the goal's values, buy):
+the ceiling, 100% success on held-out goals (``experiments.webshop_baselines``).
 
 Reward (WebShop's formula, REFERENCES.md): the purchase scores ``r_type *
 (attribute hits + option hits + [price <= bound]) / (attributes + options
@@ -169,6 +177,10 @@ class WebShopState:
     score: float32, the purchase's score (0 before).
     score_pct: int32, the score in hundredths (rounded half up), as shown.
     won: bool, bought with score 1.
+    found: int32[3, 50] the search results of each suggestion (-1 padded),
+      computed once by ``reset``: a suggestion depends only on the goal, so
+      ``step`` looks its results up instead of scoring the catalog.
+    found_count: int32[3] their counts of products with a positive score.
   """
 
   target: jax.Array
@@ -186,6 +198,8 @@ class WebShopState:
   score: jax.Array
   score_pct: jax.Array
   won: jax.Array
+  found: jax.Array
+  found_count: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,8 +414,10 @@ class WebShop(Environment):
         num_results=jnp.int32(0), result_page=jnp.int32(0), item=jnp.int32(-1),
         selected=jnp.full((g,), -1, jnp.int32), steps=jnp.int32(0),
         bought=jnp.bool_(False), score=jnp.float32(0.0), score_pct=jnp.int32(0),
-        won=jnp.bool_(False))
-    return state, TimeStep.first()
+        won=jnp.bool_(False), found=jnp.full((NUM_SUGGESTIONS, MAX_RESULTS), -1, jnp.int32),
+        found_count=jnp.zeros((NUM_SUGGESTIONS,), jnp.int32))
+    found, found_count = jax.vmap(self.search)(self.suggestions(state))
+    return state.replace(found=found, found_count=found_count), TimeStep.first()
 
   def suggestions(self, state: WebShopState) -> jax.Array:
     """int32[3, 12] word ids of the query suggestions (-1 padded)."""
@@ -508,8 +524,8 @@ class WebShop(Environment):
     legal = live & (a >= 0) & (a < n) & self.action_mask(state, params)[jnp.clip(a, 0, n - 1)]
     s = state
     # search[k]
-    words = self.suggestions(s)[jnp.clip(a, 0, NUM_SUGGESTIONS - 1)]
-    results, count = self.search(words)
+    k = jnp.clip(a, 0, NUM_SUGGESTIONS - 1)
+    results, count = s.found[k], s.found_count[k]
     searched = s.replace(page=jnp.int32(RESULTS), results=results, num_results=count,
                          result_page=jnp.int32(0), item=jnp.int32(-1),
                          selected=jnp.full_like(s.selected, -1))
