@@ -39,6 +39,17 @@ game is also timed inside a continuous trial
 (``envs_jax.continuous.Continuous(game, episodes=CONTINUOUS_EPISODES)``) at
 the largest batch, next to the bare game, to show the wrapper's cost.
 
+WebShop (``webshop``, 2000 generated products, 120 actions) plays uniformly
+random *allowed* actions on both sides: uniform over its whole action table,
+an attempt would hardly leave the search page (3 of 120 actions are allowed
+there) and both sides would mostly time invalid moves. JAX picks the
+allowed action of rank ``hash % count`` from the action mask (computed every
+step, as a rollout does); Python draws ``Random.choice`` of the reference's
+``legal_actions()`` and plays its string (the reference takes action strings),
+so each side pays for its own mask. Like ORBIT's games its Python game plays
+one fixed goal drawn from the JAX reset (``reset(goal)``; no Python goal
+generator); its search runs the reference's own BM25 over the catalog.
+
 Every rate is the best of ``WINDOWS`` timing windows, on both sides, so that
 a moment of contention from other processes does not decide a ratio. XLA may
 spread one computation over several cores; the table reports how many the
@@ -66,6 +77,7 @@ from envs_jax.reference.maze import PyMaze
 from envs_jax.reference.minesweeper import PyMineSweeper
 from envs_jax.reference.rps import PyRockPaperScissors
 from envs_jax.reference.sokoban import PySokoban
+from envs_jax.reference.webshop import PyWebShop
 from envs_jax.reference.wordle import PyWordle
 from envs_jax.text import TextCodec
 from lamer_jax.models.tokenizer import ByteTokenizer
@@ -78,7 +90,9 @@ ORBIT = ("rps", "minesweeper-orbit", "hangman", "wordle", "blackjack", "maze",
          "mastermind")
 # Games whose reference generates its own levels (a Python reset to time).
 PY_GENERATORS = ("sokoban", "minesweeper")
-SUPPORTED = DEFAULT_ENVS + ORBIT
+# Games played with uniformly random allowed actions (see the docstring).
+MASKED = ("webshop",)
+SUPPORTED = DEFAULT_ENVS + ORBIT + MASKED
 # Names that stand for several games (``expand_envs``).
 GROUPS = {"orbit": ORBIT, "all": SUPPORTED}
 CONTINUOUS_EPISODES = 3
@@ -149,6 +163,17 @@ def _best_rate(run, min_seconds: float) -> tuple[float, float]:
   return best
 
 
+def masked_actions(call: jax.Array, step: jax.Array, allowed: jax.Array) -> jax.Array:
+  """int32[batch] actions, uniform among each row's allowed ones (bool[batch,
+  A]; a row with none gets action 0): the allowed action of rank
+  ``hash % count``."""
+  batch, num_actions = allowed.shape
+  count = allowed.sum(axis=1)
+  rank = random_actions(call, step, batch, 1 << 30) % jnp.maximum(count, 1)
+  return jnp.argmax(jnp.cumsum(allowed, axis=1) > rank[:, None], axis=1).astype(
+      jnp.int32) * (count > 0)
+
+
 def _jax_play(env, codec, batch: int, upto: str):
   """jitted (initial states, call index) -> checksum of STEPS_PER_CALL steps.
 
@@ -157,6 +182,8 @@ def _jax_play(env, codec, batch: int, upto: str):
   materialized): a full turn.
   """
   params = env.default_params
+  masked = env.name in MASKED
+  mask = jax.vmap(env.action_mask, in_axes=(0, None))
   step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
   symbols = jax.vmap(env.render_symbols, in_axes=(0, None))
   encode = jax.vmap(codec.encode)
@@ -166,7 +193,8 @@ def _jax_play(env, codec, batch: int, upto: str):
   def play(init, call):
     def one(carry, t):
       state, ids, checksum = carry
-      actions = random_actions(call, t, batch, env.num_actions)
+      actions = (masked_actions(call, t, mask(state, params)) if masked
+                 else random_actions(call, t, batch, env.num_actions))
       keys = jax.random.split(
           jax.random.fold_in(jax.random.fold_in(jax.random.key(0), call), t), batch)
       state, ts = step(keys, state, actions, params)
@@ -265,6 +293,22 @@ def _py_game(name: str) -> tuple[Any, Callable[[], Any], int]:
       return game
 
     return initial, restart, initial.height * initial.width
+  if name == "webshop":
+    env, task, _ = _jax_task(name)
+    initial = PyWebShop(env.cat.products, env.max_turns, env.reward_mode,
+                        env.reward_scale)
+    initial.reset(env.goal_of(task))
+
+    def restart():
+      # step mutates only the selected options (a dict) and rebinds the rest.
+      game = copy.copy(initial)
+      game.selected = dict(initial.selected)
+      return game
+
+    if len(initial.actions) != env.num_actions:
+      raise AssertionError(f"webshop: the reference has {len(initial.actions)} "
+                           f"actions, the JAX game {env.num_actions}")
+    return initial, restart, env.num_actions
   if name not in ORBIT:
     raise ValueError(f"no Python reference adapter for {name!r}")
 
@@ -372,11 +416,14 @@ def _py_steps_per_sec(name: str, min_seconds: float, render: bool) -> float:
   rng = random.Random(0)
   _, restart, n_actions = _py_game(name)
   game = restart()
+  # WebShop's reference plays action strings, drawn among the allowed ones.
+  draw = ((lambda: rng.choice(game.legal_actions())) if name in MASKED
+          else (lambda: rng.randrange(n_actions)))
 
   def run():
     nonlocal game
     for _ in range(1000):
-      done = game.step(rng.randrange(n_actions))[1]
+      done = game.step(draw())[1]
       if render:
         game.render_text()
       if done:
@@ -445,9 +492,16 @@ def run(batches=BATCHES, min_seconds: float = 1.0, envs=DEFAULT_ENVS) -> str:
         "plays a different task per row); RPS's Python opponent plays "
         f"{RPS_MATCHES} matches of moves pre-drawn from that task's "
         "distribution, JAX draws every move from its step key.")
+  masked = [name for name in envs if name in MASKED]
+  if masked:
+    lines[0] += (
+        f" {', '.join(masked)}: uniformly random *allowed* actions on both sides "
+        "(JAX: from the action mask, computed every step; Python: a choice among "
+        "the reference's legal action strings), one fixed goal on the Python "
+        "side, drawn from the JAX reset.")
   resets = ["", "| env | batch | JAX resets/s | Python resets/s | JAX / Python |",
             "|---|---:|---:|---:|---:|"]
-  if orbit:
+  if orbit or masked:
     resets[0:0] = ["", "Python resets/s is \"-\" for the games whose "
                    "reference has no level generator (it takes the task as an "
                    "input)."]

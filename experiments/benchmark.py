@@ -601,9 +601,9 @@ _ENV_SECONDS = flags.DEFINE_float(
     "env benchmark cell (the best window counts).")
 _ENV_NAMES = flags.DEFINE_list(
     "envs", ["sokoban", "minesweeper"], "Games of the env benchmark: names "
-    "(sokoban, minesweeper, and ORBIT's rps, minesweeper-orbit, hangman, "
-    "wordle, blackjack, maze, mastermind) or groups: orbit (ORBIT's seven), "
-    "all.")
+    "(sokoban, minesweeper, ORBIT's rps, minesweeper-orbit, hangman, "
+    "wordle, blackjack, maze, mastermind, and webshop) or groups: orbit "
+    "(ORBIT's seven), all.")
 
 
 def bench_envs() -> str:
@@ -615,7 +615,8 @@ def bench_envs() -> str:
   # Each set of games keeps its own section, so that measuring one set
   # leaves the other's table in the docs.
   title = {envs_benchmark.DEFAULT_ENVS: "## Environments",
-           envs_benchmark.ORBIT: "## Environments: ORBIT's games"}.get(
+           envs_benchmark.ORBIT: "## Environments: ORBIT's games",
+           envs_benchmark.MASKED: "## Environments: WebShop"}.get(
                tuple(envs), f"## Environments: {', '.join(envs)}")
   return "\n".join([
       title, "", f"Command: `{_command()}`", "", table,
