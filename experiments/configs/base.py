@@ -41,14 +41,16 @@ METHODS = ("lamer", "rl", "orbit", "sac", "zero_shot", "reflexion")
 # token slots, 12 turns 8232), 8 do with reflections (8113 slots), so the game
 # plays 8 (``env.overrides.max_turns``, which its instructions state; 12
 # for a longer-context model). 192 attempt rows of <= 8 turns: 6 rows a
-# mini-batch. Keys under ``env.overrides.`` set the game's own fields. Values
+# mini-batch (reward_mode "success", LaMer's; "score" rewards the WebShop
+# score). Keys under ``env.overrides.`` set the game's own fields. Values
 # that only one method sets per game (LaMer's gamma_traj) live in that
 # method's file.
 ENV_OVERRIDES: dict[str, dict[str, Any]] = {
     "sokoban": {"algo.num_minibatches": 48},
     "minesweeper": {"algo.num_minibatches": 128},
-    "webshop": {"env.overrides.max_turns": 8, "rollout.num_tasks": 8,
-                "algo.num_minibatches": 32, "train.steps": 150},
+    "webshop": {"env.overrides.max_turns": 8, "env.overrides.reward_mode": "success",
+                "rollout.num_tasks": 8, "algo.num_minibatches": 32,
+                "train.steps": 150},
 }
 ENVS = tuple(ENV_OVERRIDES)
 
