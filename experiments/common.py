@@ -678,7 +678,8 @@ def build_sac(config: ml_collections.ConfigDict, env: Environment, *,
   mcfg = model.cfg
 
   def prompt_of(game: Environment) -> cand_lib.CandidatePrompt:
-    prompt = cand_lib.CandidatePrompt.build(model.tokenizer, game, short=cfg.short_prompt)
+    prompt = cand_lib.CandidatePrompt.build(model.tokenizer, game, short=cfg.short_prompt,
+                                            score=cfg.candidate_score)
     if prompt.context_len > mcfg.max_position:
       raise ConfigError(f"the candidate prompt of {game.name} ({prompt.context_len} "
                         f"tokens) exceeds the model's {mcfg.max_position} positions; "

@@ -37,6 +37,9 @@ from experiments.configs import sac as sac_configs
 
 METHODS = ("sac_her", "sac", "ppo")
 LABELS = {"sac_her": "SAC + HER", "sac": "SAC", "ppo": "PPO (GAE)"}
+# Per-step metrics kept with each run (those its method reports).
+TRACED = ("entropy/mean", "entropy/target", "alpha", "q/mean", "target/mean",
+          "loss/critic", "loss/policy", "her/relabeled", "value/explained_variance")
 
 
 def study_config(method: str, seed: int, env_steps: int, eval_tasks: int):
@@ -73,17 +76,36 @@ def run(method: str, seed: int, env_steps: int, eval_tasks: int) -> dict:
   config = study_config(method, seed, env_steps, eval_tasks)
   exp = common.build(config)
   state = common.init_state(exp)
-  curve = []
+  curve, trace = [], {k: [] for k in TRACED}
   total = 0.0
   for _ in range(config.train.steps):
     state, m = exp.train_step(state)
-    steps, episodes, won = _step_counts(method, config, common.to_host(m))
+    m = common.to_host(m)
+    steps, episodes, won = _step_counts(method, config, m)
     total += steps
     curve.append((total, episodes, won))
+    for k in TRACED:
+      if k in m:
+        trace[k].append(m[k])
   final = common.evaluate(exp, state.params, config.train.steps)
   return {"method": method, "seed": seed, "curve": curve,
+          "trace": {k: v for k, v in trace.items() if v},
           "eval_success": final["pass@1"], "train_steps": config.train.steps,
           "wall_s": time.time() - t0}
+
+
+def load_results(path: str, env_steps: int) -> list[dict]:
+  """The runs stored at ``path`` (none if it does not exist); a ValueError if
+  they were made for another env-step budget."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    stored = json.load(f)
+  if stored.get("env_steps") != env_steps:
+    raise ValueError(f"{path} holds runs of {stored.get('env_steps')} env steps, not "
+                     f"{env_steps}: pass --env_steps={stored.get('env_steps')} or "
+                     "another --output_dir")
+  return list(stored["results"])
 
 
 def binned(curve, edges) -> np.ndarray:
@@ -158,7 +180,10 @@ def define_flags() -> types.SimpleNamespace:
       methods=flags.DEFINE_list("methods", list(METHODS), "Methods to run."),
       bins=flags.DEFINE_integer("bins", 8, "Env-step bins of the curves."),
       eval_tasks=flags.DEFINE_integer("eval_tasks", 128, "Greedy eval tasks."),
-      output_dir=flags.DEFINE_string("output_dir", ".", "Where the PNG and JSON go."))
+      output_dir=flags.DEFINE_string("output_dir", ".", "Where the PNG and JSON go."),
+      resume=flags.DEFINE_bool("resume", False, "Keep the runs already in "
+                               "<output_dir>/sac_study.json (same --env_steps) and "
+                               "run only the missing (method, seed) pairs."))
 
 
 def main(argv, args: types.SimpleNamespace):
@@ -168,10 +193,14 @@ def main(argv, args: types.SimpleNamespace):
       raise common.ConfigError(f"--{name} must be >= 1, got {getattr(args, name).value}")
   methods = [base.choose("--methods entry", m, METHODS) for m in args.methods.value]
   t0 = time.time()
-  results = []
   out = args.output_dir.value
+  results = load_results(os.path.join(out, "sac_study.json"), args.env_steps.value) \
+      if args.resume.value else []
+  done = {(r["method"], r["seed"]) for r in results}
   for seed in range(args.seeds.value):
     for method in methods:
+      if (method, seed) in done:
+        continue
       r = run(method, seed, args.env_steps.value, args.eval_tasks.value)
       results.append(r)
       print(f"{method} seed {seed}: train steps {r['train_steps']}, greedy eval "

@@ -71,6 +71,20 @@ def test_candidate_scores_equal_full_forward(model, world):
     np.testing.assert_allclose(probs, ref / ref.sum(), rtol=1e-4)
 
 
+def test_mean_scores_divide_by_the_candidate_length(model, world):
+  env, params = world
+  _, sym, mask = _states(env, params, 2)
+  out = {}
+  for score in cand_lib.SCORES:
+    prompt = cand_lib.CandidatePrompt.build(model.tokenizer, env, short=True, score=score)
+    out[score] = cand_lib.candidate_outputs(model.params, model.cfg, prompt, sym, mask)
+  lengths = np.asarray(prompt.codec.action_lengths)[np.asarray(out["sum"].actions)]
+  np.testing.assert_allclose(np.asarray(out["mean"].scores),
+                             np.asarray(out["sum"].scores) / lengths, rtol=1e-5)
+  with pytest.raises(ValueError, match="candidate score must be one of"):
+    cand_lib.CandidatePrompt.build(model.tokenizer, env, score="max")
+
+
 def test_playground_never_allows_more_than_its_bound(world):
   env, _ = world
   params = env.default_params
@@ -164,6 +178,7 @@ def test_eval_reports_success_per_goal_type(model):
     ({"batch_size": 4096, "capacity": 8, "num_envs": 4}, "smaller|exceeds"),
     ({"target_entropy_fraction": 0.0}, "target_entropy_fraction"),
     ({"learning_starts": 10**6}, "learning_starts"),
+    ({"candidate_score": "max"}, "candidate_score must be one of"),
 ])
 def test_bad_sac_settings_name_the_fix(change, match):
   with pytest.raises(ValueError, match=match):

@@ -172,6 +172,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sac.grad_clip = 1.0
   config.sac.weight_decay = 0.0
   config.sac.short_prompt = False
+  config.sac.candidate_score = "sum"  # "sum" | "mean" of its token log-probs
   config.sac.eval_greedy = True       # evaluate the policy's argmax candidate
   # The evaluated game (e.g. "playground-test": held-out kinds); "": env.name.
   config.sac.eval_env = ""

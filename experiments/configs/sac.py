@@ -17,10 +17,11 @@ one attempt, no memory, evaluated on the same held-out kinds.
 ``tiny``: the byte-level one-block model (``micro-llama``) from scratch, the
 small goal set of the learning study (Grasp goals, horizon 3:
 ``env.params.goal_probs``), short prompts, lr 1e-3, a small replay and
-minibatch, and a temperature that adapts within tens of updates (alpha 0.14,
-its Adam at 1e-2: a from-scratch model's candidate scores are far apart, so
-its policy starts near-deterministic, entropy ~0.1 nats against a target of
-~0.7), so a run takes minutes on a CPU (``experiments/sac_study.py``).
+minibatch, a temperature that adapts within tens of updates (alpha 0.14, its
+Adam at 1e-2) and mean token log-probs as candidate scores (with summed ones
+an untrained byte model ranks candidates by length: its policy starts at
+~0.1 nats of entropy, nearly always on the shortest candidate), so a run
+takes minutes on a CPU (``experiments/sac_study.py``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def get_config(arg: str = "sac_her"):
     config.sac.log_alpha_init = -2.0
     config.sac.q_hidden = (128, 128)
     config.sac.short_prompt = True
+    config.sac.candidate_score = "mean"
     config.algo.lr = 1e-3
     config.algo.entropy_coef = 0.0
     config.algo.weight_decay = 0.0

@@ -1,7 +1,8 @@
 """An LLM policy over an env's candidate actions, with Q heads (SAC-GLAM).
 
 The policy scores each allowed candidate by the sum of its token log-probs after
-the prompt (no length normalisation, as MAGELLAN) and is the softmax of those
+the prompt (no length normalisation, as MAGELLAN; ``score="mean"`` divides by
+the candidate's length, for from-scratch models) and is the softmax of those
 scores over the allowed candidates. The critic reads the decoder's hidden state
 at the end of prompt + candidate (REFERENCES.md). Both come from ONE pass:
 
@@ -46,6 +47,9 @@ def _tokens(tokenizer, text: str) -> np.ndarray:
                     np.int32)
 
 
+SCORES = ("sum", "mean")     # a candidate's score: its token log-probs' sum or mean
+
+
 def max_allowed(env) -> int:
   """The most candidates ``env`` allows at once (``env.max_allowed_actions``
   where the game declares it, else its whole table)."""
@@ -61,17 +65,23 @@ class CandidatePrompt:
       the table prefix-free).
     prefix, suffix: int32 tokens before and after the observation.
     num_candidates: M, candidates scored per state (``max_allowed(env)``).
+    score: one of ``SCORES``, how token log-probs make a candidate's score.
   """
 
   codec: TextCodec
   prefix: np.ndarray
   suffix: np.ndarray
   num_candidates: int
+  score: str = "sum"
 
   @classmethod
-  def build(cls, tokenizer, env, *, short: bool = False) -> "CandidatePrompt":
+  def build(cls, tokenizer, env, *, short: bool = False,
+            score: str = "sum") -> "CandidatePrompt":
     """``short``: no instructions, only the observation and ``<action>`` (for
-    from-scratch models, which get nothing from English rules)."""
+    from-scratch models, which get nothing from English rules). ``score``:
+    one of ``SCORES``."""
+    if score not in SCORES:
+      raise ValueError(f"candidate score must be one of {SCORES}, got {score!r}")
     chat = chat_pieces(tokenizer)
     codec = TextCodec.for_env(tokenizer, env, action_terminator=ACTION_CLOSE)
     if short:
@@ -82,7 +92,7 @@ class CandidatePrompt:
                 + chat.user_open)
     return cls(codec=codec, prefix=_tokens(tokenizer, prefix),
                suffix=_tokens(tokenizer, chat.user_close + ACTION_OPEN),
-               num_candidates=min(max_allowed(env), env.num_actions))
+               num_candidates=min(max_allowed(env), env.num_actions), score=score)
 
   @property
   def prompt_len(self) -> int:
@@ -128,7 +138,7 @@ class CandidateOutputs:
 
   actions: jax.Array      # int32[B, M]
   valid: jax.Array        # bool[B, M]
-  scores: jax.Array       # f32[B, M] summed token log-probs
+  scores: jax.Array       # f32[B, M] summed (or mean) token log-probs
   logp: jax.Array         # f32[B, M] log pi over the valid candidates, -inf elsewhere
   q: Any                  # (q1, q2) f32[B, M] or None
   dropped: jax.Array      # int32[], allowed candidates beyond M (should be 0)
@@ -181,6 +191,8 @@ def candidate_outputs(params: llama.Params, cfg: llama.ModelConfig,
   later = jnp.where(fed[..., 1:], later, 0.0).sum(-1)
   first = jnp.take_along_axis(first_logp, cand[..., 0], axis=-1)   # [B, M]
   scores = first + later
+  if prompt.score == "mean":
+    scores = scores / jnp.maximum(cand_len, 1).astype(scores.dtype)
   logp = sac_losses.masked_log_softmax(scores, valid)
   q = None
   if heads is not None:

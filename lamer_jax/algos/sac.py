@@ -74,6 +74,10 @@ class SACConfig:
     her_ratio: probability that a sampled window is relabeled.
     grad_clip, weight_decay: of the joint optimiser.
     short_prompt: no instructions in the prompt (from-scratch models).
+    candidate_score: ``sum`` of the candidate's token log-probs (MAGELLAN)
+      or their ``mean`` (from-scratch models: an untrained byte model gives
+      every token about ``-log V``, so summed scores rank candidates by
+      length and its policy starts near-deterministic on the shortest).
   """
 
   num_envs: int = 32
@@ -98,6 +102,7 @@ class SACConfig:
   grad_clip: float = 1.0
   weight_decay: float = 0.0
   short_prompt: bool = False
+  candidate_score: str = "sum"
 
   def __post_init__(self):
     object.__setattr__(self, "q_hidden", tuple(int(h) for h in self.q_hidden))
@@ -107,6 +112,9 @@ class SACConfig:
     for name in ("updates", "learning_starts", "critic_warmup"):
       if getattr(self, name) < 0:
         raise ValueError(f"sac.{name} must be >= 0, got {getattr(self, name)}")
+    if self.candidate_score not in cand_lib.SCORES:
+      raise ValueError(f"sac.candidate_score must be one of {cand_lib.SCORES}, got "
+                       f"{self.candidate_score!r}")
     if self.her_strategy not in HER_STRATEGIES:
       raise ValueError(f"sac.her_strategy must be one of {HER_STRATEGIES}, got "
                        f"{self.her_strategy!r}")
