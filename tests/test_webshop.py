@@ -389,3 +389,14 @@ def test_goal_range_and_registration():
   assert envs_jax.make("webshop") == WebShop()
   assert envs_jax.make("webshop-small").num_products == 200
   assert "search[1]" in ENV.instructions and ENV.max_turns == 12
+
+
+def test_baselines_script_oracle_on_held_out_goals():
+  """The oracle through the shared trial loop (experiments.webshop_baselines):
+  every held-out goal bought at score 1 in its first attempt, no invalid move."""
+  from experiments import webshop_baselines as wb
+  env = SAMPLE.replace(reward_mode="score")
+  oracle = wb.play(env, wb.OraclePolicy(env, env.max_turns), 32, 2, KEY)
+  assert (oracle["pass@1"], oracle["score/mean"], oracle["invalid_rate"]) == (1.0, 1.0, 0.0)
+  assert oracle["attempts/mean"] == 1.0 and oracle["return/mean"] == 1.0
+  assert 3 <= oracle["turns/mean"] <= 6      # search, open, 0-3 options, buy
