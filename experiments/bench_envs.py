@@ -167,7 +167,7 @@ def masked_actions(call: jax.Array, step: jax.Array, allowed: jax.Array) -> jax.
   """int32[batch] actions, uniform among each row's allowed ones (bool[batch,
   A]; a row with none gets action 0): the allowed action of rank
   ``hash % count``."""
-  batch, num_actions = allowed.shape
+  batch = allowed.shape[0]
   count = allowed.sum(axis=1)
   rank = random_actions(call, step, batch, 1 << 30) % jnp.maximum(count, 1)
   return jnp.argmax(jnp.cumsum(allowed, axis=1) > rank[:, None], axis=1).astype(
