@@ -1,5 +1,6 @@
 """LaMer on Sokoban (6x6, 2 boxes), MineSweeper (6x6, 3 mines) or WebShop
-(3 attempts of 12 turns), as in the released training scripts.
+(3 attempts of 8 turns; see base.ENV_OVERRIDES), as in the released training
+scripts.
 
     --config=experiments/configs/lamer.py:sokoban      # or :minesweeper, :webshop
 
