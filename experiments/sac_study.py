@@ -120,14 +120,14 @@ def binned(curve, edges) -> np.ndarray:
   return out
 
 
-def _edges(env_steps: int, bins: int) -> np.ndarray:
+def bin_edges(env_steps: int, bins: int) -> np.ndarray:
   return np.linspace(env_steps / bins, env_steps, bins)
 
 
 def table(results: list[dict], env_steps: int, bins: int) -> str:
   """Markdown: per method, success in the first and last bin of env steps and
   the greedy evaluation, mean +- std over seeds."""
-  edges = _edges(env_steps, bins)
+  edges = bin_edges(env_steps, bins)
   lines = [f"| method | seeds | success, first {edges[0]:.0f} env steps | success, "
            f"last {edges[-1] - edges[-2]:.0f} env steps | greedy eval after "
            f"{env_steps} env steps | wall s / run |",
@@ -149,7 +149,7 @@ def plot(results: list[dict], env_steps: int, bins: int, path: str) -> str:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  edges = _edges(env_steps, bins)
+  edges = bin_edges(env_steps, bins)
   mid = edges - (edges[0] / 2)
   fig, ax = plt.subplots(figsize=(6, 3.8))
   for method in METHODS:
