@@ -113,8 +113,7 @@ def table(results: dict[int, list[dict[str, list[float]]]]) -> str:
 
 
 def plot(results: dict[int, list[dict[str, list[float]]]], path: str) -> str:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
+  from experiments import plot as plot_lib  # pylint: disable=import-outside-toplevel
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(1, len(EVAL_GAMES), figsize=(4.5 * len(EVAL_GAMES), 3.6),
                            squeeze=False)
@@ -134,10 +133,7 @@ def plot(results: dict[int, list[dict[str, list[float]]]], path: str) -> str:
   axes[0, 0].set_ylabel("% of held-out tasks solved")
   axes[0, -1].legend(loc="lower right", fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return plot_lib.save(fig, path)
 
 
 def define_flags() -> types.SimpleNamespace:

@@ -49,6 +49,15 @@ NOT_CONTINUOUS = ("no episode_success metrics: these runs are not continuous "
 _EPISODE_KEY = re.compile(r"(?:(?P<game>[^/]+)/)?episode_success/episode_(?P<k>\d+)")
 
 
+def save(fig, path: str) -> str:
+  """Writes ``fig`` to ``path`` as a PNG (making its folder), closes it and
+  returns ``path``."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png", dpi=110)
+  plt.close(fig)
+  return path
+
+
 def run_label(workdir: str) -> str:
   """``name (method)`` from the run's config.json, else the directory name."""
   path = os.path.join(workdir, "config.json")
@@ -123,10 +132,7 @@ def plot_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], output: str,
   fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)),
              frameon=False)
   fig.tight_layout(rect=(0, 0.06, 1, 1))
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  fig.savefig(output, format="png", dpi=110)
-  plt.close(fig)
-  return output
+  return save(fig, output)
 
 
 def _episode_values(record: dict[str, Any], prefix: str) -> dict[str, dict[int, float]]:
@@ -253,10 +259,7 @@ def plot_episodes(runs: Sequence[tuple[str, list[dict[str, Any]]]], output: str,
   for ax in list(axes.flat)[len(panels):]:
     ax.set_visible(False)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  fig.savefig(output, format="png", dpi=110)
-  plt.close(fig)
-  return output
+  return save(fig, output)
 
 
 def define_flags() -> types.SimpleNamespace:

@@ -146,8 +146,7 @@ def table(results: list[dict], env_steps: int, bins: int) -> str:
 
 
 def plot(results: list[dict], env_steps: int, bins: int, path: str) -> str:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
+  from experiments import plot as plot_lib  # pylint: disable=import-outside-toplevel
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   edges = bin_edges(env_steps, bins)
   mid = edges - (edges[0] / 2)
@@ -167,10 +166,7 @@ def plot(results: list[dict], env_steps: int, bins: int, path: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend(loc="upper left", fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return plot_lib.save(fig, path)
 
 
 def define_flags() -> types.SimpleNamespace:
