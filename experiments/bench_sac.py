@@ -7,7 +7,8 @@ runs ``updates`` minibatch updates. Timed here, per model, on Playground
 
 * **acting**: the step compiled with ``updates = 0`` (acting, adding and
   resetting only): env steps/s = ``num_envs x env_steps`` / its time;
-* **updates**: the step with ``updates = U`` minus the acting step:
+* **updates**: the step with ``updates = U`` minus the acting step, the two
+  called alternately (one difference per round, median and range):
   updates/s = ``U`` / that difference (each update samples, relabels with
   HER ``future``, scores the candidates at s and s' and applies the critic,
   actor, temperature and Polyak steps).
@@ -15,8 +16,8 @@ runs ``updates`` minibatch updates. Timed here, per model, on Playground
 The replay rows time the buffer alone, jitted, at the step's shapes: one
 ``add`` of ``num_envs x env_steps`` transitions, and one minibatch draw
 (``sample_indices`` + 3-step ``gather`` + HER ``future`` relabeling).
-Each cell is the median of ``repeats`` calls after a warm-up call (the
-compilation); the buffer is full (sampling reads the whole ring).
+Each cell is the median of ``repeats`` calls (rounds) after a warm-up call
+(the compilation); the buffer is full (sampling reads the whole ring).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def step_rates(model_name: str, cfg: sac.SACConfig, repeats: int) -> dict[str, f
   prompt = cand_lib.CandidatePrompt.build(model.tokenizer, env, short=cfg.short_prompt)
   out = {"prompt_tokens": prompt.prompt_len, "candidate_tokens": prompt.candidate_len,
          "candidates": prompt.num_candidates}
-  times = {}
+  calls = {}
   for name, c in (("act", dataclasses.replace(cfg, updates=0)), ("step", cfg)):
     step = sac.make_train_step(env, params, model.cfg, prompt, c)
     state = sac.init_state(env, params, jax.tree.map(jnp.copy, model.params), model.cfg,
@@ -69,21 +70,36 @@ def step_rates(model_name: str, cfg: sac.SACConfig, repeats: int) -> dict[str, f
     t = time.perf_counter()
     while int(state.extra["replay"].count) * c.num_envs < c.learning_starts:
       state, _ = step(state)
+    state, metrics = step(state)                  # the warm-up call
+    jax.block_until_ready(metrics)
     out[f"{name}_first_s"] = time.perf_counter() - t
-
-    holder = [state]
-
-    def call():
-      holder[0], m = step(holder[0])
-      return m
-    times[name] = _median_s(call, repeats)
-  env_steps = cfg.num_envs * cfg.env_steps
-  out["act_s"] = times["act"]
-  out["env_steps_per_s"] = env_steps / times["act"]
-  out["update_s"] = max(times["step"] - times["act"], 1e-9) / cfg.updates
-  out["updates_per_s"] = 1.0 / out["update_s"]
-  out["step_s"] = times["step"]
+    calls[name] = _stepper(step, state)
+  # Interleaved (act, step, step, act, ...): one update time per round, both
+  # calls of a round under the same load.
+  times = {"act": [], "step": []}
+  for r in range(repeats):
+    for name in (("act", "step") if r % 2 == 0 else ("step", "act")):
+      t = time.perf_counter()
+      jax.block_until_ready(calls[name]())
+      times[name].append(time.perf_counter() - t)
+  diffs = [(s - a) / cfg.updates for s, a in zip(times["step"], times["act"])]
+  act_s = statistics.median(times["act"])
+  out["act_s"] = act_s
+  out["env_steps_per_s"] = cfg.num_envs * cfg.env_steps / act_s
+  out["update_s"] = statistics.median(diffs)
+  out["update_range"] = (min(diffs), max(diffs))
+  out["step_s"] = statistics.median(times["step"])
   return out
+
+
+def _stepper(step, state) -> Callable[[], Any]:
+  """A call that advances its own copy of ``state`` by one step."""
+  holder = [state]
+
+  def call():
+    holder[0], metrics = step(holder[0])
+    return metrics
+  return call
 
 
 def replay_costs(cfg: sac.SACConfig, repeats: int) -> dict[str, float]:
@@ -121,14 +137,16 @@ def run(models: tuple[str, ...], cfg: sac.SACConfig, repeats: int) -> str:
       f"{cfg.capacity}, short prompt {cfg.short_prompt}; median of {repeats} calls.",
       "",
       "| model | prompt + candidate tokens (x candidates) | acting: env steps/s | "
-      "update: s | updates/s | whole step: s | first calls: s (compile) |",
+      "update: s (range) | updates/s | whole step: s | first calls: s (compile) |",
       "|---|---|---:|---:|---:|---:|---:|"]
   for name in models:
     r = step_rates(name, cfg, repeats)
+    lo, hi = r["update_range"]
+    rate = f"{1 / r['update_s']:.2f}" if r["update_s"] > 0 else "n/a (noise)"
     lines.append(
         f"| {name} | {r['prompt_tokens']} + {r['candidate_tokens']} (x "
-        f"{r['candidates']}) | {r['env_steps_per_s']:.1f} | {r['update_s']:.3f} | "
-        f"{r['updates_per_s']:.2f} | {r['step_s']:.3f} | "
+        f"{r['candidates']}) | {r['env_steps_per_s']:.1f} | {r['update_s']:.3f} "
+        f"({lo:.3f}-{hi:.3f}) | {rate} | {r['step_s']:.3f} | "
         f"{r['act_first_s']:.0f} + {r['step_first_s']:.0f} |")
   rc = replay_costs(cfg, repeats)
   lines += ["", "| replay ({:.1f} MiB) | add {} transitions | sample + gather + HER, "

@@ -1,6 +1,6 @@
 """Benchmarks, one subcommand each.
 
-    python -m experiments.benchmark {cache,envs,generate,mix,sac,scaling} [--write_docs]
+    python -m experiments.benchmark {action,cache,envs,generate,mix,sac,scaling} [--write_docs]
 
 Every subcommand is a function in ``SUBCOMMANDS`` that takes no arguments
 (it reads its own flags) and returns one markdown section: a ``## Title`` line,
@@ -431,6 +431,119 @@ def bench_generate() -> str:
 
 
 # ----------------------------------------------------------------------------
+# action: constrained action decoding, whole-vocabulary vs table-vocabulary head.
+# ----------------------------------------------------------------------------
+
+_ACTION_ENVS = flags.DEFINE_list(
+    "action_envs", ["sokoban", "minesweeper"], "action: envs whose candidate "
+    "tables are decoded.")
+_ACTION_BATCHES = flags.DEFINE_list("action_batch_sizes", ["1", "16"],
+                                    "action: batch sizes.")
+_ACTION_ROUNDS = flags.DEFINE_integer(
+    "action_rounds", 5, "action: interleaved rounds (each times both heads).")
+_ACTION_CALLS = flags.DEFINE_integer("action_calls", 5,
+                                     "action: timed calls per side and round.")
+
+
+def bench_action() -> str:
+  """SmolLM2's constrained action decoding with the full LM head against the
+  head restricted to the candidate table's tokens, in one process, interleaved."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import envs_jax  # pylint: disable=g-import-not-at-top
+  from envs_jax.text import TextCodec  # pylint: disable=g-import-not-at-top
+  from experiments import roofline  # pylint: disable=g-import-not-at-top
+  from lamer_jax.agent import layout  # pylint: disable=g-import-not-at-top
+  from lamer_jax.models import llama, loading, sampling  # pylint: disable=g-import-not-at-top
+
+  if _ACTION_ROUNDS.value < 1 or _ACTION_CALLS.value < 1:
+    raise app.UsageError("--action_rounds and --action_calls must be >= 1")
+  limits = roofline.measure_limits()
+  model = loading.load(_GEN_MODEL)
+  samp = sampling.SamplingConfig(temperature=1.0)
+  rows, loads = [], [os.getloadavg()[0]]
+  for env_name in _ACTION_ENVS.value:
+    env = envs_jax.make(env_name)
+    codec = TextCodec.for_env(model.tokenizer, env, action_terminator=layout.ACTION_CLOSE)
+    table = jnp.asarray(codec.action_tokens)
+    lengths = jnp.asarray(codec.action_lengths)
+    vocab = sampling.action_vocab(codec.action_tokens, codec.action_lengths)
+    steps = table.shape[1]
+    for batch in map(int, _ACTION_BATCHES.value):
+      prompts = _prompt_ids(batch)
+      length = max(map(len, prompts))
+      tokens = np.zeros((batch, length), np.int32)
+      mask = np.zeros((batch, length), bool)
+      for i, pr in enumerate(prompts):
+        tokens[i, :len(pr)], mask[i, :len(pr)] = pr, True
+      cache0 = llama.init_cache(model.cfg, batch, length + steps)
+      cache0, last_logits, next_pos = sampling.prefill(
+          model.params, model.cfg, tokens, mask, sampling.positions_from_mask(mask),
+          cache0)
+      allowed = jnp.ones((batch, codec.num_actions), bool)
+      sides = {"full head": None, "table head": jnp.asarray(vocab)}
+
+      def call(subset, seed):
+        cache = jax.tree.map(jnp.copy, cache0)     # decode_action donates it
+        jax.block_until_ready(cache)
+        t = time.perf_counter()
+        out = sampling.decode_action(model.params, model.cfg, jax.random.PRNGKey(seed),
+                                     cache, last_logits, next_pos, table, lengths,
+                                     allowed, samp, vocab_subset=subset)
+        jax.block_until_ready(out)
+        return time.perf_counter() - t, np.asarray(out.index)
+
+      picks = {name: call(subset, 0)[1] for name, subset in sides.items()}  # compile
+      times = {name: [] for name in sides}
+      for r in range(_ACTION_ROUNDS.value):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+          times[name].append(statistics.median(
+              call(sides[name], 1 + c)[0] for c in range(_ACTION_CALLS.value)))
+        loads.append(os.getloadavg()[0])
+      ratios = [f / t for f, t in zip(times["full head"], times["table head"])]
+      context = statistics.mean(map(len, prompts)) + steps / 2
+      for name, subset in sides.items():
+        sec = statistics.median(times[name])
+        rate = batch * steps / sec
+        cost = roofline.decode_cost(model.cfg, batch, context,
+                                    vocab=None if subset is None else len(vocab))
+        f = roofline.fractions(rate, cost, limits)
+        speed = (f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-"
+                 f"{max(ratios):.2f})" if subset is not None else "1")
+        rows.append(
+            f"| {env_name} | {codec.num_actions} x {steps} | "
+            f"{len(vocab) if subset is not None else model.cfg.vocab_size} | {batch} | "
+            f"{name} | {1e3 * sec:.1f} | {rate:.1f} | {100 * f['bandwidth']:.1f}% | "
+            f"{100 * f['flops']:.1f}% | {speed} | "
+            f"{'same' if (picks[name] == picks['full head']).all() else 'DIFFERENT'} |")
+  cores = os.cpu_count() or 1
+  banner = ([f"**CONTENDED: the load average reached {max(loads):.1f} on {cores} "
+             "cores; not a result.**", ""] if max(loads) > cores else [])
+  return "\n".join([
+      "## Constrained action decoding", "", f"Command: `{_command()}`", "", *banner,
+      "SmolLM2-135M-Instruct (float32) decodes one candidate action per row after a "
+      "chat prompt (`sampling.decode_action`, temperature 1, every candidate "
+      "allowed; the prompt's prefill is not timed). **full head**: every step "
+      "projects the hidden state onto the whole 49152-token vocabulary; **table "
+      "head** (`vocab_subset`, what `agent.acting` uses): only onto the table's "
+      "distinct tokens, with the full logits computed once after the action. "
+      "A call decodes the table's longest candidate's length in steps for every "
+      "row; ms per action = median of "
+      f"{_ACTION_CALLS.value} calls; the sides alternate over {_ACTION_ROUNDS.value} "
+      "rounds and the speedup is the median (range) of the per-round ratios. "
+      "picks: the candidates chosen with the same key as the full head's. "
+      "Roofline as in Generation (LM-head columns counted as projected). "
+      f"{roofline.describe(limits)}.", "",
+      "| env | candidates x steps | head columns | batch | head | ms per action | "
+      "decode steps/s | of bandwidth | of matmul peak | speedup | picks |",
+      "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|",
+      *rows, "",
+      f"Machine: {_machine()}; jax {jax.__version__}; load average "
+      f"{min(loads):.2f}-{max(loads):.2f}; {datetime.date.today().isoformat()}.", ""])
+
+
+# ----------------------------------------------------------------------------
 # scaling: the sharded train step on 1, 2, 4, 8 fake CPU devices.
 # ----------------------------------------------------------------------------
 
@@ -730,6 +843,7 @@ def bench_sac() -> str:
 
 
 SUBCOMMANDS: dict[str, Callable[[], str]] = {
+    "action": bench_action,
     "cache": bench_cache,
     "envs": bench_envs,
     "generate": bench_generate,

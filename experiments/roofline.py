@@ -43,12 +43,18 @@ def _best(fn, arg, repeats: int) -> float:
 
 
 def measure_limits(copy_mib: int = 512, dot_n: int = 2048, repeats: int = 5) -> Limits:
-  """Copy bandwidth (a ``copy_mib`` MiB float32 array, read and written) and
+  """Copy bandwidth (a ``copy_mib`` MiB float32 array, read and written in place) and
   matmul peak (``dot_n`` square float32 ``jnp.dot``) of the default device."""
-  x = jnp.ones((copy_mib * 2**20 // 4,), jnp.float32)
-  copy = jax.jit(lambda a: a + 1.0)          # one read, one write per element
-  t_copy = _best(copy, x, repeats)
-  del x
+  # In place (donated): one read and one write per element. A copy into a
+  # fresh buffer would time the kernel's page faults (a tenth of this).
+  copy = jax.jit(lambda a: a + 1.0, donate_argnums=0)
+  holder = [copy(jnp.ones((copy_mib * 2**20 // 4,), jnp.float32))]
+
+  def step(_):
+    holder[0] = copy(holder[0])
+    return holder[0]
+  t_copy = _best(step, None, repeats)
+  del holder
   a = jnp.ones((dot_n, dot_n), jnp.float32)
   dot = jax.jit(lambda m: jnp.dot(m, m))
   t_dot = _best(dot, a, repeats)
@@ -62,24 +68,25 @@ class TokenCost:
   flops: float           # FLOPs per decoded token
 
 
-def matmul_params(cfg) -> int:
-  """Weights multiplied per token: the blocks' projections and the LM head."""
+def matmul_params(cfg, vocab: int | None = None) -> int:
+  """Weights multiplied per token: the blocks' projections and the LM head
+  (``vocab`` of its columns; all of them by default)."""
   h, i = cfg.hidden_size, cfg.intermediate_size
   q = cfg.num_heads * cfg.head_dim
   kv = cfg.num_kv_heads * cfg.head_dim
   block = h * q + 2 * h * kv + q * h + 3 * h * i
-  return cfg.num_layers * block + cfg.vocab_size * h
+  return cfg.num_layers * block + (cfg.vocab_size if vocab is None else vocab) * h
 
 
 def decode_cost(cfg, batch: int, context: float, weight_bytes: int = 4,
-                cache_bytes: int = 4) -> TokenCost:
+                cache_bytes: int = 4, vocab: int | None = None) -> TokenCost:
   """Per decoded token at ``batch`` rows attending to ``context`` keys: the
   weights (read once per step, shared by the rows) plus the row's KV cache;
   2 FLOPs per weight plus 4 per key, head and head dimension (scores and
-  values)."""
-  weights = matmul_params(cfg) * weight_bytes / batch
+  values). ``vocab``: LM-head columns projected (all by default)."""
+  weights = matmul_params(cfg, vocab) * weight_bytes / batch
   kv = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * context * cache_bytes
-  flops = (2 * matmul_params(cfg)
+  flops = (2 * matmul_params(cfg, vocab)
            + 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * context)
   return TokenCost(bytes=weights + kv, flops=flops)
 

@@ -332,6 +332,34 @@ def test_decode_action_yields_valid_allowed_candidates():
   assert np.all(chosen > 0), chosen  # every candidate gets sampled somewhere
 
 
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_decode_action_on_the_table_vocabulary_equals_the_full_projection(
+    name, temperature):
+  cfg, params = _model(name)
+  table_tokens, table_lengths = _table()
+  vocab = smp.action_vocab(table_tokens, table_lengths)
+  np.testing.assert_array_equal(vocab, sorted({t for c in _CANDIDATES for t in c}
+                                              | {_TERM}))
+  action_mask = _action_masks(_BATCH)
+  prompts = _prompts(500, [1 + i % _PROMPT_LEN for i in range(_BATCH)], cfg.vocab_size)
+  sampling = smp.SamplingConfig(temperature=temperature)
+  outs = []
+  for subset in (None, jnp.asarray(vocab)):
+    cache, last_logits, next_pos = _prefill(params, cfg, prompts)
+    outs.append(smp.decode_action(
+        params, cfg, jax.random.PRNGKey(7), cache, last_logits, next_pos,
+        jnp.asarray(table_tokens), jnp.asarray(table_lengths),
+        jnp.asarray(action_mask), sampling, vocab_subset=subset))
+  full, sub = outs
+  for field in ("index", "tokens", "mask", "next_positions"):
+    np.testing.assert_array_equal(getattr(sub, field), getattr(full, field), field)
+  np.testing.assert_allclose(sub.token_logprobs, full.token_logprobs, atol=1e-5)
+  np.testing.assert_allclose(sub.last_logits, full.last_logits, atol=1e-4)
+  np.testing.assert_allclose(sub.cache.k, full.cache.k, atol=1e-5)
+  assert len(set(np.asarray(full.index)[action_mask.any(1)].tolist())) > 1
+
+
 def _candidate_logprobs(params, cfg, prompt, action_mask, temperature):
   """Constrained log pi(a) of every candidate via teacher-forced logits: [A]."""
   table_tokens, table_lengths = _table()

@@ -89,7 +89,9 @@ def constrained_action(params, mcfg: llama.ModelConfig, ctx: Context,
   out = sampling.decode_action(
       params, mcfg, key, ctx.cache, ctx.last_logits, ctx.next_pos,
       jnp.asarray(codec.action_tokens), jnp.asarray(codec.action_lengths),
-      allowed, samp, layout.pad_id)
+      allowed, samp, layout.pad_id,
+      vocab_subset=jnp.asarray(sampling.action_vocab(codec.action_tokens,
+                                                     codec.action_lengths)))
   span = Span(tokens=out.tokens, positions=span_positions(ctx.next_pos, out.mask),
               real=out.mask, generated=out.mask, logp=out.token_logprobs)
   ctx = Context(cache=out.cache, last_logits=out.last_logits,

@@ -257,13 +257,26 @@ def _block(cfg: ModelConfig, x, layer, positions, attend_mask, kv_in):
   return x, (k, v)
 
 
-def lm_head(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
-  """Logits (float32) from final hidden states [..., D] -> [..., V]."""
+def head_weights(params: Params, cfg: ModelConfig,
+                 columns: jax.Array | None = None) -> jax.Array:
+  """The vocabulary projection in the compute dtype and its stored layout
+  ([V, D] tied, [D, V] untied), or only the ``columns`` (int32[U] token ids)
+  of it. Gathering U columns once lets a decoder that may emit only U tokens
+  skip the rest of the projection (see :func:`lm_head`'s ``weights``)."""
   if cfg.tie_embeddings:
-    w = params["embed"].astype(cfg.compute_dtype)
-    return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
-  w = params["lm_head"].astype(cfg.compute_dtype)
-  return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+    w = params["embed"] if columns is None else params["embed"][columns]
+  else:
+    w = params["lm_head"] if columns is None else params["lm_head"][:, columns]
+  return w.astype(cfg.compute_dtype)
+
+
+def lm_head(params: Params, cfg: ModelConfig, hidden: jax.Array,
+            weights: jax.Array | None = None) -> jax.Array:
+  """Logits (float32) from final hidden states [..., D] -> [..., V], or
+  [..., U] with ``weights = head_weights(params, cfg, columns)``."""
+  w = head_weights(params, cfg) if weights is None else weights
+  spec = "...d,vd->...v" if cfg.tie_embeddings else "...d,dv->...v"
+  return jnp.einsum(spec, hidden, w, preferred_element_type=jnp.float32)
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,

@@ -32,6 +32,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from lamer_jax.models import llama
@@ -145,11 +146,28 @@ def sample_token(key: jax.Array, logits: jax.Array, sampling: SamplingConfig,
   Returns:
     (token int32[B], its log-prob float32[B] under the sampled distribution).
   """
-  logp = sampling_logprobs(logits, sampling, allowed)
+  return _draw(key, sampling_logprobs(logits, sampling, allowed), sampling)
+
+
+def _draw(key: jax.Array, logp: jax.Array, sampling: SamplingConfig,
+          columns: jax.Array | None = None, vocab: int = 0
+          ) -> tuple[jax.Array, jax.Array]:
+  """Gumbel-max draw from normalised log-probs ``logp`` [B, C].
+
+  With ``columns`` (int32[C], the vocabulary ids of ``logp``'s columns) the
+  noise is drawn for the whole vocabulary (``vocab`` wide) and read at those
+  columns, so a draw over a vocabulary subset that holds every token of
+  nonzero probability picks the same token as the full-vocabulary draw with
+  the same key. Returns (column index int32[B], its log-prob float32[B]).
+  """
   if sampling.temperature == 0:
     token = jnp.argmax(logp, axis=-1)
   else:
-    token = jax.random.categorical(key, logp, axis=-1)
+    shape = logp.shape if columns is None else logp.shape[:-1] + (vocab,)
+    noise = jax.random.gumbel(key, shape, jnp.float32)
+    if columns is not None:
+      noise = noise[..., columns]
+    token = jnp.argmax(logp + noise, axis=-1)
   token = token.astype(jnp.int32)
   return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
@@ -353,6 +371,15 @@ def _allowed_tokens(alive: jax.Array, column: jax.Array, vocab: int) -> jax.Arra
   return counts > 0
 
 
+def action_vocab(table_tokens, table_lengths) -> np.ndarray:
+  """int32[U] the sorted distinct token ids of a candidate table's real tokens:
+  the only tokens constrained decoding can emit (``decode_action``'s
+  ``vocab_subset``)."""
+  table_tokens, table_lengths = np.asarray(table_tokens), np.asarray(table_lengths)
+  real = np.arange(table_tokens.shape[1])[None, :] < table_lengths[:, None]
+  return np.unique(table_tokens[real]).astype(np.int32)
+
+
 def _check_table(table_tokens, table_lengths, action_mask):
   chex.assert_rank([table_tokens, table_lengths, action_mask], [2, 1, 2])
   chex.assert_equal_shape_prefix([table_tokens, table_lengths], 1)
@@ -393,7 +420,7 @@ def decode_action(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
                   next_positions: jax.Array, table_tokens: jax.Array,
                   table_lengths: jax.Array, action_mask: jax.Array,
                   sampling: SamplingConfig = SamplingConfig(), pad_id: int = 0,
-                  ) -> ActionOutput:
+                  vocab_subset: jax.Array | None = None) -> ActionOutput:
   """Samples one candidate action per row, token by token, under a prefix mask.
 
   At step j only tokens that continue a candidate that is allowed by
@@ -414,6 +441,13 @@ def decode_action(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
     sampling: static sampling settings (only temperature is reproduced by
       :func:`action_token_logprobs`).
     pad_id: token id written where ``mask`` is False.
+    vocab_subset: optional int32[U] token ids holding every real table token
+      (:func:`action_vocab`). Each step then projects the hidden state onto
+      those U columns only instead of the whole vocabulary (for SmolLM2 the
+      projection is about a fifth of a decode step's FLOPs) and computes the
+      full ``last_logits`` once, after the action. The same key picks the same
+      candidates as without it (the masked distribution is the same; see
+      ``_draw``); log-probs agree to float32 rounding.
 
   Returns:
     An :class:`ActionOutput`.
@@ -425,24 +459,50 @@ def decode_action(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
     raise ValueError(f"cache has {cache.max_len} slots < action length {num_steps}")
   table_lengths = table_lengths.astype(jnp.int32)
 
+  if vocab_subset is None:
+    columns, weights, logits0 = None, None, last_logits.astype(jnp.float32)
+    table_cols = table_tokens
+  else:
+    columns = jnp.asarray(vocab_subset, jnp.int32)
+    weights = llama.head_weights(params, cfg, columns)
+    logits0 = last_logits.astype(jnp.float32)[:, columns]
+    # Each table token as a column of the subset (real tokens are in it).
+    table_cols = jnp.clip(jnp.searchsorted(columns, table_tokens), 0,
+                          columns.shape[0] - 1).astype(jnp.int32)
+
   def body(carry, j):
-    cache, logits, pos, consistent = carry
+    cache, logits, hidden, pos, consistent = carry
     alive = consistent & (table_lengths > j)[None, :]
     active = jnp.any(alive, axis=1)
     column = table_tokens[:, j]
-    allowed = _allowed_tokens(alive, column, v)
-    tok, lp = sample_token(jax.random.fold_in(key, j), logits, sampling, allowed)
+    allowed = _allowed_tokens(alive, table_cols[:, j], logits.shape[-1])
+    logp = sampling_logprobs(logits, sampling, allowed)
+    col, lp = _draw(jax.random.fold_in(key, j), logp, sampling, columns, v)
+    tok = col if columns is None else columns[col]
     tok = jnp.where(active, tok, pad_id)
-    new_logits, cache = _decode_step(params, cfg, cache, tok, pos, active)
+    if columns is None:
+      new_logits, cache = _decode_step(params, cfg, cache, tok, pos, active)
+    else:     # the subset's logits; the full ones once, after the loop
+      _, new_hidden, cache = llama.forward(params, cfg, tok[:, None], pos[:, None],
+                                           cache, active[:, None], compute_logits=False)
+      new_logits = llama.lm_head(params, cfg, new_hidden[:, 0], weights)
+      hidden = jnp.where(active[:, None], new_hidden[:, 0], hidden)
     logits = jnp.where(active[:, None], new_logits, logits)
     pos = pos + active.astype(jnp.int32)
     consistent = consistent & ((column[None, :] == tok[:, None]) | ~active[:, None])
-    return (cache, logits, pos, consistent), (tok, jnp.where(active, lp, 0.0), active)
+    return ((cache, logits, hidden, pos, consistent),
+            (tok, jnp.where(active, lp, 0.0), active))
 
-  carry = (cache, last_logits.astype(jnp.float32), next_positions.astype(jnp.int32),
+  hidden0 = (jnp.zeros((b, 0), jnp.float32) if columns is None else
+             jnp.zeros((b, cfg.hidden_size), cfg.compute_dtype))
+  carry = (cache, logits0, hidden0, next_positions.astype(jnp.int32),
            action_mask.astype(jnp.bool_))
-  (cache, logits, pos, consistent), (tokens, logprobs, mask) = jax.lax.scan(
+  (cache, logits, hidden, pos, consistent), (tokens, logprobs, mask) = jax.lax.scan(
       body, carry, jnp.arange(num_steps))
+  if columns is not None:     # rows that fed no token keep their logits
+    logits = jnp.where(jnp.any(mask, axis=0)[:, None],
+                       llama.lm_head(params, cfg, hidden),
+                       last_logits.astype(jnp.float32))
   tokens, logprobs, mask = tokens.T, logprobs.T, mask.T  # [B, La]
   num_tokens = mask.sum(axis=1, dtype=jnp.int32)
   chosen = consistent & (table_lengths[None, :] == num_tokens[:, None])
