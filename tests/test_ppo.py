@@ -152,6 +152,60 @@ def test_state_hidden_is_the_loss_forwards():
   np.testing.assert_array_equal(plain[1], ent)
 
 
+def test_row_logprobs_of_actions_equal_the_whole_vocabulary_reference():
+  """The loss scores constrained action tokens on the table's columns of the
+  LM head only; that equals masking the full projection, per token, with the
+  same entropies."""
+  from lamer_jax.models import sampling  # pylint: disable=g-import-not-at-top
+  _, layout = _layout(2, attempts=2, memory="reflection_only")
+  codec, la = layout.codec, layout.action_len
+  rng = np.random.default_rng(1)
+  c, rows = layout.context_len, 3
+  tokens = rng.integers(0, 200, (rows, c)).astype(np.int32)
+  mask = np.ones((rows, c), bool)
+  slots, constrained = layout.loss_slot_kinds(True)
+  a_slots = slots[constrained].reshape(-1, la)          # [turns, La]
+  turns = a_slots.shape[0]
+  allowed = np.ones((rows, turns, 3), bool)
+  allowed[0, 1] = [False, True, False]
+  allowed[1, turns - 1] = False          # a row-turn with nothing allowed
+  choice = rng.integers(0, 3, (rows, a_slots.shape[0]))
+  choice[0, 1] = 1
+  for r in range(rows):
+    for t, s in enumerate(a_slots):
+      n = codec.action_lengths[choice[r, t]]
+      tokens[r, s] = codec.pad_id
+      tokens[r, s[:n]] = codec.action_tokens[choice[r, t], :n]
+      mask[r, s[n:]] = False
+  mask[1, a_slots[turns - 1]] = False
+  batch = {"tokens": jnp.asarray(tokens),
+           "positions": jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (rows, c)),
+           "token_mask": jnp.asarray(mask), "action_allowed": jnp.asarray(allowed)}
+  params = llama.init_params(MCFG, jax.random.key(2), scale=0.5)
+  logp, ent = row_logprobs(params, MCFG, layout, batch, 1.3, True)
+
+  logits, _, _ = llama.forward(params, MCFG, batch["tokens"], batch["positions"],
+                               token_mask=batch["token_mask"])
+  a_logits = logits[:, a_slots.reshape(-1) - 1].reshape(-1, la, MCFG.vocab_size)
+  ref, ref_allowed = sampling.action_token_logprobs(
+      a_logits, batch["tokens"][:, a_slots].reshape(-1, la),
+      batch["token_mask"][:, a_slots].reshape(-1, la),
+      jnp.asarray(codec.action_tokens), jnp.asarray(codec.action_lengths),
+      batch["action_allowed"].reshape(-1, 3), 1.3, return_allowed=True)
+  from lamer_jax.agent.scoring import masked_entropy  # pylint: disable=g-import-not-at-top
+  ref_ent = masked_entropy(a_logits, ref_allowed, 1.3)
+  np.testing.assert_allclose(logp[:, constrained].reshape(-1, la), ref, atol=1e-5)
+  np.testing.assert_allclose(ent[:, constrained].reshape(-1, la), ref_ent, atol=1e-5)
+  assert float(ref[1, 0]) == 0.0                  # a forced choice: log 1
+  assert np.all(np.asarray(ref)[np.asarray(batch["token_mask"][:, a_slots]
+                                           ).reshape(-1, la)] < 0.1)
+  free = ~constrained                            # reflections: whole vocabulary
+  f_lp = jax.nn.log_softmax(logits[:, slots[free] - 1] / 1.3, axis=-1)
+  np.testing.assert_allclose(
+      logp[:, free], jnp.take_along_axis(f_lp, batch["tokens"][:, slots[free]][..., None],
+                                         axis=-1)[..., 0], atol=1e-5)
+
+
 @pytest.mark.parametrize("attempts,memory", [(3, "none"), (1, "history_only")])
 def test_gae_with_attempts_or_memory_names_the_fix(attempts, memory):
   env, layout = _layout(1, attempts=attempts, memory=memory)

@@ -94,26 +94,32 @@ def row_logprobs(params, mcfg: llama.ModelConfig, layout: ContextLayout,
   slots_np, constrained = layout.loss_slot_kinds(train_reflection)
   slots = jnp.asarray(slots_np)
   hidden = _hidden(params, mcfg, batch)
-  logits = llama.lm_head(params, mcfg, hidden[:, slots - 1])        # [M, K, V]
   targets = batch["tokens"][:, slots]
   tmask = batch["token_mask"][:, slots]
   logp = jnp.zeros(targets.shape, jnp.float32)
   ent = jnp.zeros(targets.shape, jnp.float32)
   c_idx, f_idx = np.nonzero(constrained)[0], np.nonzero(~constrained)[0]
   if c_idx.size:   # T turns x La action tokens, turn-major
-    a_logits = logits[:, c_idx].reshape(m * t_n, la, -1)
-    a_tok = targets[:, c_idx].reshape(m * t_n, la)
+    # Only the table's tokens can be allowed there: the LM head's columns of
+    # those tokens give the same masked distribution (as in decode_action).
+    columns = jnp.asarray(sampling.action_vocab(codec.action_tokens,
+                                                codec.action_lengths))
+    weights = llama.head_weights(params, mcfg, columns)
+    a_logits = llama.lm_head(params, mcfg, hidden[:, slots[c_idx] - 1], weights)
+    a_logits = a_logits.reshape(m * t_n, la, -1)                      # [., La, U]
+    a_tok = sampling.to_columns(targets[:, c_idx], columns).reshape(m * t_n, la)
     a_mask = tmask[:, c_idx].reshape(m * t_n, la)
     allowed = batch["action_allowed"].reshape(m * t_n, -1)
     a_logp, a_allowed = sampling.action_token_logprobs(
-        a_logits, a_tok, a_mask, jnp.asarray(codec.action_tokens),
+        a_logits, a_tok, a_mask, sampling.to_columns(
+            jnp.asarray(codec.action_tokens), columns),
         jnp.asarray(codec.action_lengths), allowed, temperature,
         return_allowed=True)
     a_ent = masked_entropy(a_logits, a_allowed, temperature)
     logp = logp.at[:, c_idx].set(a_logp.reshape(m, -1))
     ent = ent.at[:, c_idx].set(a_ent.reshape(m, -1))
   if f_idx.size:   # thinking, free-form actions, reflections: whole vocabulary
-    f_logits = logits[:, f_idx]
+    f_logits = llama.lm_head(params, mcfg, hidden[:, slots[f_idx] - 1])
     f_lp = jax.nn.log_softmax(f_logits.astype(jnp.float32) / temperature, axis=-1)
     f_tok = targets[:, f_idx]
     logp = logp.at[:, f_idx].set(

@@ -380,6 +380,13 @@ def action_vocab(table_tokens, table_lengths) -> np.ndarray:
   return np.unique(table_tokens[real]).astype(np.int32)
 
 
+def to_columns(tokens: jax.Array, columns: jax.Array) -> jax.Array:
+  """Token ids -> their indices in ``columns`` (sorted, :func:`action_vocab`).
+  Ids not in ``columns`` (padding) get some index: callers mask them out."""
+  return jnp.clip(jnp.searchsorted(columns, tokens), 0,
+                  columns.shape[0] - 1).astype(jnp.int32)
+
+
 def _check_table(table_tokens, table_lengths, action_mask):
   chex.assert_rank([table_tokens, table_lengths, action_mask], [2, 1, 2])
   chex.assert_equal_shape_prefix([table_tokens, table_lengths], 1)
@@ -466,9 +473,7 @@ def decode_action(params: llama.Params, cfg: llama.ModelConfig, key: jax.Array,
     columns = jnp.asarray(vocab_subset, jnp.int32)
     weights = llama.head_weights(params, cfg, columns)
     logits0 = last_logits.astype(jnp.float32)[:, columns]
-    # Each table token as a column of the subset (real tokens are in it).
-    table_cols = jnp.clip(jnp.searchsorted(columns, table_tokens), 0,
-                          columns.shape[0] - 1).astype(jnp.int32)
+    table_cols = to_columns(table_tokens, columns)   # real tokens are in it
 
   def body(carry, j):
     cache, logits, hidden, pos, consistent = carry
