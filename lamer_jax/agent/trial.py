@@ -312,14 +312,20 @@ class LanguagePolicy:
     return jax.vmap(lambda s: self.layout.codec.encode(
         self.env.render_symbols(s, self.env_params)))(state)
 
-  def act(self, ctx: Context, state, allowed, active, akey, t):
+  def feed_turn_prompt(self, ctx: Context, state, active, t) -> tuple[Context, Span]:
+    """Turn t's prompt (the previous turn's end, the observation of
+    ``state``), fed on the ``active`` rows."""
     lay, rows = self.layout, self.rows
     obs = self._observe(state)
-    ctx, prompt = feed_pieces(self.params, self.mcfg, ctx, [
+    return feed_pieces(self.params, self.mcfg, ctx, [
         (const(lay.turn_end, rows), piece_mask(len(lay.turn_end), active & (t > 0), rows)),
         (const(lay.turn_open, rows), piece_mask(len(lay.turn_open), active, rows)),
         (obs.ids, obs.mask & active[:, None]),
         (const(lay.turn_close, rows), piece_mask(len(lay.turn_close), active, rows))])
+
+  def act(self, ctx: Context, state, allowed, active, akey, t):
+    lay = self.layout
+    ctx, prompt = self.feed_turn_prompt(ctx, state, active, t)
     n_turns = lay.num_turns
     ctx, spans, action, parsed = acting.act(
         self.params, self.mcfg, ctx, lay, jax.random.fold_in(akey, t),
@@ -342,19 +348,31 @@ class LanguagePolicy:
                              f"layout says {width}")
     return Span.concat([spans[name] for name, _ in pieces])
 
-  def _reflect(self, ctx: Context, reflect, akey) -> dict[str, Span]:
+  def feed_reflect_prompt(self, ctx: Context, reflect) -> tuple[Context, Span]:
+    """The reflection's prompt (the attempt's end, the initial observation),
+    fed on the ``reflect`` rows."""
     lay, rows = self.layout, self.rows
-    ctx, prompt = feed_pieces(self.params, self.mcfg, ctx, [
+    return feed_pieces(self.params, self.mcfg, ctx, [
         (const(lay.turn_end, rows), piece_mask(len(lay.turn_end), reflect, rows)),
         (const(lay.reflect_open, rows), piece_mask(len(lay.reflect_open), reflect, rows)),
         (self.init_obs.ids, self.init_obs.mask & reflect[:, None]),
         (const(lay.reflect_close, rows),
          piece_mask(len(lay.reflect_close), reflect, rows))])
-    gen = sampling.generate(
+
+  def write_reflection(self, ctx: Context, reflect, akey, max_new_tokens: int,
+                       stop: bool = True) -> sampling.GenerateOutput:
+    """Decodes the reflection after its prompt (``stop``: at end of turn)."""
+    lay = self.layout
+    return sampling.generate(
         self.params, self.mcfg, jax.random.fold_in(akey, lay.num_turns), ctx.cache,
-        ctx.last_logits, ctx.next_pos, max_new_tokens=lay.reflection_tokens,
-        sampling=self.samp, stop_tokens=(lay.eos_id,), pad_id=lay.pad_id,
-        active=reflect)
+        ctx.last_logits, ctx.next_pos, max_new_tokens=max_new_tokens,
+        sampling=self.samp, stop_tokens=(lay.eos_id,) if stop else (),
+        pad_id=lay.pad_id, active=reflect)
+
+  def _reflect(self, ctx: Context, reflect, akey) -> dict[str, Span]:
+    lay = self.layout
+    ctx, prompt = self.feed_reflect_prompt(ctx, reflect)
+    gen = self.write_reflection(ctx, reflect, akey, lay.reflection_tokens)
     _, text = generated_span(ctx, gen, reflect, lay.pad_id)
     return {layout_lib.REFLECT_PROMPT: prompt, layout_lib.REFLECTION: text}
 

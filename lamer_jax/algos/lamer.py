@@ -226,6 +226,25 @@ def _weighted(values: list[dict[str, jax.Array]], weights: list[jax.Array]
           for k in values[0]}
 
 
+@dataclasses.dataclass(frozen=True)
+class StepPhases:
+  """The phases of one (unjitted) iteration, for profiling and tests.
+
+  Attributes:
+    collect: ``(params, value, i, k_task, k_roll) -> (data, metrics)``: game
+      i's rollout, returns and advantages (``value``: the value head, or None).
+    update: ``(params, opt_state, vstate, datas, ref_params, k_perm) ->
+      ((params, opt_state, vstate), loss metrics [epochs, minibatches])``:
+      the PPO epochs over every game's update data (``vstate``: the value
+      head and its optimiser state, or None).
+    train_step: ``collect`` for every game, then ``update``.
+  """
+
+  collect: Callable[..., Any]
+  update: Callable[..., Any]
+  train_step: Callable[[TrainState], tuple[TrainState, dict]]
+
+
 def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
                         rollout_cfg: RolloutConfig, algo: AlgoConfig,
                         jit: bool = True, mesh: jax.sharding.Mesh | None = None,
@@ -251,6 +270,26 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
       attempt rows do not split into the minibatches (or over the mesh), or
       estimator ``"gae"`` with more than one attempt or with memory.
   """
+  train_step = make_step_phases(games, mcfg, rollout_cfg, algo, mesh).train_step
+  if not jit:
+    return train_step
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  abstract = jax.eval_shape(
+      lambda k: init_train_state(llama.init_params(mcfg, k), algo, k),
+      jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh, mcfg)
+  return jax.jit(train_step, in_shardings=(shardings,),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def make_step_phases(games: tuple[Game, ...], mcfg: llama.ModelConfig,
+                     rollout_cfg: RolloutConfig, algo: AlgoConfig,
+                     mesh: jax.sharding.Mesh | None = None) -> StepPhases:
+  """The unjitted phases of ``make_mix_train_step``'s iteration (its
+  arguments and errors): the train step is exactly ``collect`` per game then
+  ``update``, so a profile of the phases times the step's own code."""
   games = tuple(games)
   if not games:
     raise ValueError("make_mix_train_step needs at least one game")
@@ -421,6 +460,21 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
     data = sharding.constrain_rows(data, mesh)  # [sharding] no-op without mesh
     return data, metrics
 
+  def update(params, opt_state, vstate, datas, ref_params, k_perm):
+    """UPDATE: PPO epochs over shuffled minibatches of attempt rows (in a
+    mix, minibatch m holds minibatch m of every game)."""
+    def epoch(carry, ekey):
+      perms = tuple(
+          jax.random.permutation(stream(ekey, i), g.rows).reshape(
+              algo.num_minibatches, mb)
+          for i, (g, mb) in enumerate(zip(games, mb_rows)))
+      return jax.lax.scan(
+          lambda c, idxs: minibatch_update(c, idxs, datas, ref_params),
+          carry, perms)
+
+    return jax.lax.scan(epoch, (params, opt_state, vstate),
+                        jax.random.split(k_perm, algo.ppo_epochs))
+
   def train_step(state: TrainState):
     key, k_task, k_roll, k_perm = jax.random.split(state.key, 4)
     vstate = (state.extra["value"], state.extra["value_opt"]) if gae else None
@@ -432,20 +486,8 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
       prefix = "" if single else f"{game.name}/"
       metrics.update({prefix + k: v for k, v in game_metrics.items()})
 
-    # ---- UPDATE: PPO epochs over shuffled minibatches of attempt rows (in a
-    # mix, minibatch m holds minibatch m of every game).
-    def epoch(carry, ekey):
-      perms = tuple(
-          jax.random.permutation(stream(ekey, i), g.rows).reshape(
-              algo.num_minibatches, mb)
-          for i, (g, mb) in enumerate(zip(games, mb_rows)))
-      return jax.lax.scan(
-          lambda c, idxs: minibatch_update(c, idxs, datas, state.ref_params),
-          carry, perms)
-
-    (params, opt_state, vstate), loss_metrics = jax.lax.scan(
-        epoch, (state.params, state.opt_state, vstate),
-        jax.random.split(k_perm, algo.ppo_epochs))
+    (params, opt_state, vstate), loss_metrics = update(
+        state.params, state.opt_state, vstate, datas, state.ref_params, k_perm)
     skipped = loss_metrics.pop("skipped")
     metrics["nonfinite/skipped_updates"] = skipped.sum()
     metrics["nonfinite/updates"] = jnp.asarray(skipped.size, jnp.float32)
@@ -461,17 +503,10 @@ def make_mix_train_step(games: tuple[Game, ...], mcfg: llama.ModelConfig,
                               step=state.step + 1, key=key, extra=extra)
     return new_state, metrics
 
-  if not jit:
-    return train_step
-  if mesh is None:
-    return jax.jit(train_step, donate_argnums=0)
-  abstract = jax.eval_shape(
-      lambda k: init_train_state(llama.init_params(mcfg, k), algo, k),
-      jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh, mcfg)
-  return jax.jit(train_step, in_shardings=(shardings,),
-                 out_shardings=(shardings, sharding.replicated(mesh)),
-                 donate_argnums=0)
+  return StepPhases(
+      collect=lambda params, value, i, k_task, k_roll: collect(
+          params, value, i, games[i], k_task, k_roll),
+      update=update, train_step=train_step)
 
 
 def make_eval_fn(env: Environment, mcfg: llama.ModelConfig, layout: ContextLayout,
