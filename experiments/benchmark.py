@@ -82,6 +82,16 @@ def _machine() -> str:
   return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def contended_banner(loads) -> list[str]:
+  """A warning line (and a blank) when a load average exceeded the cores."""
+  cores = os.cpu_count() or 1
+  if max(loads, default=0.0) <= cores:
+    return []
+  return [f"**CONTENDED: the 1-minute load average reached {max(loads):.1f} on "
+          f"{cores} cores during this run; these timings measure the load. Rerun "
+          "on an idle machine; not a result.**", ""]
+
+
 # ----------------------------------------------------------------------------
 # generate: our jitted KV-cache sampler vs transformers (torch, CPU) generate.
 # ----------------------------------------------------------------------------
@@ -368,8 +378,6 @@ def bench_generate() -> str:
           f"interleaved rounds; range {min(ratios):.2f}-{max(ratios):.2f}); greedy "
           f"tokens: {agree}; prompt lengths "
           f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens.")
-  cores = os.cpu_count() or 1
-  contended = max(loads, default=0.0) > cores
   header = (
       "| side | batch | tokens/s | tokens/s range over rounds | of bandwidth | of "
       "matmul peak | s per call | CPU ms per token | first-call overhead s "
@@ -377,10 +385,7 @@ def bench_generate() -> str:
       "| load avg range |\n"
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
       "| --- |")
-  banner = ([f"**CONTENDED: the 1-minute load average reached {max(loads):.1f} on "
-             f"{cores} cores during this run; these timings measure the load, not "
-             f"the sides. Rerun on an idle machine; not a result.**", ""]
-            if contended else [])
+  banner = contended_banner(loads)
   return "\n".join([
       "## Generation",
       "",
@@ -517,9 +522,7 @@ def bench_action() -> str:
             f"{name} | {1e3 * sec:.1f} | {rate:.1f} | {100 * f['bandwidth']:.1f}% | "
             f"{100 * f['flops']:.1f}% | {speed} | "
             f"{'same' if (picks[name] == picks['full head']).all() else 'DIFFERENT'} |")
-  cores = os.cpu_count() or 1
-  banner = ([f"**CONTENDED: the load average reached {max(loads):.1f} on {cores} "
-             "cores; not a result.**", ""] if max(loads) > cores else [])
+  banner = contended_banner(loads)
   return "\n".join([
       "## Constrained action decoding", "", f"Command: `{_command()}`", "", *banner,
       "SmolLM2-135M-Instruct (float32) decodes one candidate action per row after a "
@@ -842,12 +845,62 @@ def bench_sac() -> str:
       f"min) at the end; {datetime.date.today().isoformat()}.", ""])
 
 
+# ----------------------------------------------------------------------------
+# phases: where one LaMer iteration's time goes.
+# ----------------------------------------------------------------------------
+
+_PHASES_CONFIG = flags.DEFINE_string(
+    "phases_config", "lamer:sokoban",
+    "phases: <module of experiments/configs>:<arg>, an on-policy config.")
+_PHASES_MODEL = flags.DEFINE_string("phases_model", "smollm2-135m", "phases: model.")
+_PHASES_TASKS = flags.DEFINE_integer("phases_tasks", 1, "phases: tasks B.")
+_PHASES_GROUP = flags.DEFINE_integer("phases_group", 8, "phases: trials per task G.")
+_PHASES_MINIBATCHES = flags.DEFINE_integer(
+    "phases_minibatches", 3, "phases: PPO minibatches per epoch.")
+_PHASES_UPDATE_ROWS = flags.DEFINE_integer(
+    "phases_update_rows", 3, "phases: attempt rows of the timed update (a "
+    "multiple of the attempts; scaled to the iteration's rows).")
+_PHASES_PROBE = flags.DEFINE_integer(
+    "phases_reflection_probe", 32, "phases: reflection tokens timed (scaled "
+    "to rollout.reflection_tokens).")
+_PHASES_REPEATS = flags.DEFINE_integer("phases_repeats", 1, "phases: timed runs (median).")
+
+
+def bench_phases() -> str:
+  """Per-phase wall time, FLOPs and fraction of peak of a LaMer iteration."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from experiments import bench_phases as phases_lib, roofline  # pylint: disable=g-import-not-at-top
+  module, _, arg = _PHASES_CONFIG.value.partition(":")
+  config = importlib.import_module(f"experiments.configs.{module}").get_config(
+      *([arg] if arg else []))
+  config.model.name = _PHASES_MODEL.value
+  config.rollout.num_tasks = _PHASES_TASKS.value
+  config.rollout.group_size = _PHASES_GROUP.value
+  config.algo.num_minibatches = _PHASES_MINIBATCHES.value
+  limits = roofline.measure_limits()
+  load0 = os.getloadavg()[0]
+  result = phases_lib.profile(
+      config, update_rows=_PHASES_UPDATE_ROWS.value,
+      reflection_probe=_PHASES_PROBE.value, repeats=_PHASES_REPEATS.value,
+      progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+  load1 = os.getloadavg()[0]
+  import jax  # pylint: disable=g-import-not-at-top
+  lines = ["## LaMer iteration by phase", "", f"Command: `{_command()}`", "",
+           *contended_banner([load0, load1]),
+           (phases_lib.__doc__ or "").split("\n\n", 1)[1].strip(), "",
+           phases_lib.markdown(result, limits), "",
+           f"Machine: {_machine()}; jax {jax.__version__}; load average {load0:.2f} "
+            f"/ {load1:.2f} (start / end); {datetime.date.today().isoformat()}.", ""]
+  return "\n".join(lines)
+
+
 SUBCOMMANDS: dict[str, Callable[[], str]] = {
     "action": bench_action,
     "cache": bench_cache,
     "envs": bench_envs,
     "generate": bench_generate,
     "mix": bench_mix,
+    "phases": bench_phases,
     "sac": bench_sac,
     "scaling": bench_scaling,
 }
