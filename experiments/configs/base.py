@@ -145,6 +145,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.algo.value_lr = 1e-4
   # The value loss's gradient also trains the LLM (shared backbone, PPO-GLAM).
   config.algo.value_backbone_grad = True
+  # The update's forward over each row's real slots only, packed into the
+  # smallest of n lengths that holds the minibatch's longest row (one
+  # compiled forward per length); 0: over every slot of the context.
+  config.algo.update_pack_buckets = 0
 
   # SAC with hindsight relabeling (method "sac"; every field of
   # lamer_jax.algos.sac.SACConfig, MAGELLAN's values). A train step acts

@@ -82,11 +82,18 @@ class AlgoConfig:
   value_hidden: tuple[int, ...] = (256, 256)
   value_lr: float = 1e-4
   value_backbone_grad: bool = True
+  # > 0: the update packs each attempt row's real slots to its front and runs
+  # the decoder over the smallest of this many lengths (multiples of 128 up
+  # to C) that holds the minibatch's longest row; 0: over all C slots.
+  update_pack_buckets: int = 0
 
   def __post_init__(self):
     if self.estimator not in returns.ESTIMATORS:
       raise ValueError(f"estimator must be one of {returns.ESTIMATORS}, got "
                        f"{self.estimator!r}")
+    if self.update_pack_buckets < 0:
+      raise ValueError("update_pack_buckets must be >= 0 (0: no packing, n: pack "
+                       f"into one of n lengths), got {self.update_pack_buckets}")
     # A config file's list (or JSON's) becomes the hashable tuple.
     object.__setattr__(self, "value_hidden",
                        tuple(int(h) for h in self.value_hidden))
@@ -324,12 +331,14 @@ def make_step_phases(games: tuple[Game, ...], mcfg: llama.ModelConfig,
     """One game's minibatch: (policy loss, its metrics, value loss, its
     metrics); the value parts are None without a value head."""
     scored = row_logprobs(params, mcfg, game.layout, mb, temperature,
-                          algo.train_reflection, with_state_hidden=gae)
+                          algo.train_reflection, with_state_hidden=gae,
+                          pack_buckets=algo.update_pack_buckets)
     logp, ent = scored[:2]
     logp_ref = None
     if algo.kl_coef > 0:
       logp_ref, _ = row_logprobs(ref_params, mcfg, game.layout, mb, temperature,
-                                 algo.train_reflection)
+                                 algo.train_reflection,
+                                 pack_buckets=algo.update_pack_buckets)
       logp_ref = jax.lax.stop_gradient(logp_ref)
     loss, metrics = losses.ppo_policy_loss(
         logp, mb["logp_old"], mb["advantages"], mb["loss_mask"],
